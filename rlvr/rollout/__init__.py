@@ -1,0 +1,6 @@
+"""Rollout engines: vLLM (CPU and GPU) and a transformers reference engine."""
+
+from rlvr.rollout import hf_engine, vllm_engine  # noqa: F401  (register the engines)
+from rlvr.rollout.base import ENGINES, Completion, EngineOptions, RolloutEngine, SamplingConfig
+
+__all__ = ["ENGINES", "Completion", "EngineOptions", "RolloutEngine", "SamplingConfig"]

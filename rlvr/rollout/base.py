@@ -1,0 +1,78 @@
+"""The rollout-engine contract: sample G completions per prompt, take new weights after each update.
+
+Engines are registered in :data:`ENGINES` by name (``vllm``, ``hf``) and built by
+``ENGINES.get(name)(model_path, options)``. Both return, for every sample, the generated token ids, the
+log-probability of each sampled token under the *sampling* distribution (after temperature / top-p /
+top-k), and why generation stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from rlvr.registry import Registry
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample: ``n`` completions per prompt (G), with the usual decoding knobs."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 128
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    """Base seed; prompt i of a call uses seed + i, so a call is reproducible on the same weights."""
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class Completion:
+    """One sampled completion of one prompt."""
+
+    prompt_index: int
+    """Index of its prompt in the ``generate`` call."""
+    token_ids: list[int]
+    logprobs: list[float]
+    """Log-probability of each sampled token under the sampling distribution."""
+    text: str
+    finish_reason: str
+    """``stop`` (EOS or a stop string) or ``length`` (hit max_tokens)."""
+
+
+@dataclass
+class EngineOptions:
+    """Engine construction options (from the recipe's ``rollout`` and ``model`` sections)."""
+
+    dtype: str = "float32"
+    max_model_len: int = 1024
+    seed: int = 0
+    gpu_memory_utilization: float = 0.3
+    kv_cache_gb: float = 1.0
+    enforce_eager: bool = True
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
+        """``sampling.n`` completions for each prompt, prompt-major (prompt 0's samples first)."""
+        ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights (HF parameter names, full unsharded tensors)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+ENGINES: Registry = Registry("rollout engine")

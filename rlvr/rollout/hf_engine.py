@@ -1,0 +1,113 @@
+"""Reference rollout engine on ``transformers.generate``: slow, simple, exact.
+
+Used to cross-check vLLM (greedy outputs must agree for the same weights) and in tests where starting a
+vLLM engine would dominate the run time. It keeps its own copy of the weights on the trainer's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlvr.rollout.base import ENGINES, Completion, EngineOptions, SamplingConfig
+
+
+@ENGINES.register("hf")
+class HFEngine:
+    def __init__(self, model_path: str, options: EngineOptions) -> None:
+        self.device = torch.device(options.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        dtype = getattr(torch, options.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.batch_size = int(options.extra.get("batch_size", 64))
+        self.eos_ids = self._eos_ids()
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        )
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
+        jobs = [(i, ids) for i, ids in enumerate(prompt_ids) for _ in range(sampling.n)]
+        completions: list[Completion] = []
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start : start + self.batch_size]
+            seed = None if sampling.seed is None else sampling.seed + start
+            completions.extend(self._generate_chunk(chunk, sampling, seed))
+        return completions
+
+    def _generate_chunk(self, chunk, sampling: SamplingConfig, seed: int | None) -> list[Completion]:
+        width = max(len(ids) for _, ids in chunk)
+        input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)  # [n, P] left-padded
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (_, ids) in enumerate(chunk):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        generator_kwargs = {}
+        if not sampling.greedy:
+            generator_kwargs = dict(
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k if sampling.top_k > 0 else None,
+            )
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            max_new_tokens=sampling.max_tokens,
+            do_sample=False,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            stop_strings=list(sampling.stop) or None,
+            tokenizer=self.tokenizer if sampling.stop else None,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **generator_kwargs,
+        )
+        new_tokens = out.sequences[:, width:].cpu()  # [n, T]
+        scores = torch.stack(out.scores, dim=1).float().cpu()  # [n, T, V] processed logits
+        logprobs = (
+            torch.log_softmax(scores, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        )  # [n, T]
+        results = []
+        for row, (prompt_index, _) in enumerate(chunk):
+            ids = new_tokens[row].tolist()
+            length, finish = len(ids), "length"
+            for pos, tok in enumerate(ids):
+                if tok in self.eos_ids:
+                    length, finish = pos + 1, "stop"
+                    break
+            ids = ids[:length]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if finish == "length" and sampling.stop and any(s in text for s in sampling.stop):
+                finish = "stop"
+            results.append(
+                Completion(
+                    prompt_index=prompt_index,
+                    token_ids=ids,
+                    logprobs=logprobs[row, :length].tolist(),
+                    text=text,
+                    finish_reason=finish,
+                )
+            )
+        return results
+
+    @torch.no_grad()
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        for name, tensor in named_tensors:
+            if name in params:
+                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+    def close(self) -> None:
+        self.model = None

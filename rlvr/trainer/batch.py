@@ -1,0 +1,50 @@
+"""Turn engine completions and their rewards into a padded :class:`~rlvr.types.RolloutBatch`."""
+
+from __future__ import annotations
+
+import torch
+
+from rlvr.rollout.base import Completion
+from rlvr.types import RolloutBatch
+
+
+def make_batch(
+    prompt_ids: list[list[int]],
+    completions: list[Completion],
+    rewards: list[float],
+    pad_id: int,
+    group_offset: int = 0,
+) -> RolloutBatch:
+    """Pad prompts to the left and responses to the right; ``group_index`` = prompt index + offset.
+
+    ``group_offset`` makes group ids unique across processes (rank * prompts per process).
+    """
+    n = len(completions)
+    if len(rewards) != n:
+        raise ValueError(f"{len(rewards)} rewards for {n} completions")
+    width_p = max(len(prompt_ids[c.prompt_index]) for c in completions)
+    width_t = max(1, max(len(c.token_ids) for c in completions))
+    prompt = torch.full((n, width_p), pad_id, dtype=torch.long)  # [N, P]
+    prompt_mask = torch.zeros((n, width_p), dtype=torch.long)  # [N, P]
+    response = torch.full((n, width_t), pad_id, dtype=torch.long)  # [N, T]
+    response_mask = torch.zeros((n, width_t))  # [N, T]
+    engine_logprobs = torch.zeros((n, width_t))  # [N, T]
+    for row, c in enumerate(completions):
+        ids = prompt_ids[c.prompt_index]
+        prompt[row, width_p - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        prompt_mask[row, width_p - len(ids) :] = 1
+        length = len(c.token_ids)
+        if length:
+            response[row, :length] = torch.tensor(c.token_ids, dtype=torch.long)
+            response_mask[row, :length] = 1.0
+            engine_logprobs[row, :length] = torch.tensor(c.logprobs, dtype=torch.float)
+    return RolloutBatch(
+        prompt_ids=prompt,
+        prompt_mask=prompt_mask,
+        response_ids=response,
+        response_mask=response_mask,
+        engine_logprobs=engine_logprobs,
+        sequence_rewards=torch.tensor(rewards, dtype=torch.float),  # [N]
+        group_index=torch.tensor([c.prompt_index + group_offset for c in completions], dtype=torch.long),
+        truncated=torch.tensor([c.finish_reason == "length" for c in completions]),
+    )

@@ -1,0 +1,39 @@
+"""Per-token log-probabilities and entropies of responses under a causal LM."""
+
+from __future__ import annotations
+
+import torch
+
+from rlvr.types import RolloutBatch
+
+
+def response_logprobs(
+    model: torch.nn.Module, batch: RolloutBatch, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probability of each response token (and the token-level entropy) under ``model``.
+
+    Logits are divided by the sampling temperature so the result is comparable to the engine's
+    sampling distribution (top-p/top-k truncation is not applied). Only the last T+1 positions are
+    turned into logits (``logits_to_keep``), which saves a [N, P, V] tensor.
+    """
+    input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)  # [N, P+T]
+    attention = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)  # [N, P+T]
+    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+T]
+    width_t = batch.response_ids.shape[1]
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=position_ids,
+        logits_to_keep=width_t + 1,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1, :].float() / temperature  # [N, T, V]: position t predicts token t
+    log_z = torch.logsumexp(logits, dim=-1)  # [N, T]
+    token_logits = logits.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)  # [N, T]
+    logprobs = token_logits - log_z  # [N, T]
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            probs = torch.softmax(logits, dim=-1)  # [N, T, V]
+            entropy = log_z - (probs * logits).sum(-1)  # [N, T]
+    return logprobs, entropy

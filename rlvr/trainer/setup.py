@@ -1,0 +1,113 @@
+"""Building the accelerate/DeepSpeed side: accelerator, policy, optimizer, reference model.
+
+Works unchanged on one CPU process (plain accelerate), on GPUs, and under ``accelerate launch`` with a
+DeepSpeed ZeRO 1/2/3 config. CPU specifics (gloo backend, no compiled DeepSpeed ops) are handled here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from transformers import AutoModelForCausalLM
+
+from rlvr.config import Recipe
+
+
+def _on_cpu() -> bool:
+    return not torch.cuda.is_available()
+
+
+def make_accelerator(grad_accum: int) -> Accelerator:
+    """An Accelerator whose gradient accumulation equals the micro-batches of one optimizer step."""
+    kwargs_handlers = []
+    if _on_cpu():
+        # Without gloo every CPU rank would think it is alone. DeepSpeed's CPU comm op would be compiled
+        # with g++ on first use (~2 min); torch's gloo collectives are enough here.
+        kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__ = {}
+    accelerator = Accelerator(gradient_accumulation_steps=grad_accum, kwargs_handlers=kwargs_handlers)
+    return accelerator
+
+
+def configure_deepspeed(accelerator: Accelerator, micro_batch: int, grad_accum: int, recipe: Recipe) -> None:
+    """Fill the DeepSpeed config values that the recipe owns (batch layout, clipping)."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = micro_batch
+    ds["gradient_accumulation_steps"] = grad_accum
+    ds["train_batch_size"] = micro_batch * grad_accum * accelerator.num_processes
+    ds["gradient_clipping"] = recipe.train.max_grad_norm
+    ds.setdefault("zero_optimization", {})
+    ds["zero_allow_untested_optimizer"] = True
+
+
+def zero_stage(accelerator: Accelerator) -> int:
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return 0
+    return int(accelerator.state.deepspeed_plugin.zero_stage)
+
+
+def load_policy(path: str, recipe: Recipe) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=getattr(torch, recipe.model.dtype),
+        attn_implementation=recipe.model.attn_implementation,
+    )
+    model.config.use_cache = False
+    if recipe.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> tuple[torch.optim.Optimizer, object]:
+    """torch AdamW (DeepSpeed's fused Adam would need compiling) and a linear warm-up schedule.
+
+    The schedule is stepped by the trainer once per optimizer step; it is not handed to accelerate,
+    which would step it once per process.
+    """
+    t = recipe.train
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=t.lr,
+        betas=t.adam_betas,
+        weight_decay=t.weight_decay,
+    )
+    warmup = t.warmup_steps
+
+    def factor(step: int) -> float:
+        return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, scheduler
+
+
+def make_reference(accelerator: Accelerator, policy_path: str, recipe: Recipe) -> torch.nn.Module:
+    """A frozen copy of the initial policy for the KL term (ZeRO-3: partitioned like the policy)."""
+    ref = load_policy(policy_path, recipe)
+    ref.requires_grad_(False)
+    ref.eval()
+    if zero_stage(accelerator) == 3:
+        import deepspeed
+
+        ds = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+        ds.pop("optimizer", None)
+        ds.pop("scheduler", None)
+        ref, *_ = deepspeed.initialize(model=ref, config=ds)
+        ref.eval()
+        return ref
+    return ref.to(accelerator.device)
+
+
+def lr_of(optimizer: torch.optim.Optimizer) -> float:
+    lr = optimizer.param_groups[0]["lr"]
+    return float(lr) if not math.isnan(lr) else 0.0

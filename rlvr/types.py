@@ -1,0 +1,50 @@
+"""The batch type that travels from rollout to update.
+
+Shape letters, used in ``# [..]`` comments throughout the package:
+
+- ``N``: sequences on this process in this step (prompts x G samples per prompt)
+- ``P``: longest prompt (prompts are left-padded to P)
+- ``T``: longest response (responses are right-padded to T)
+- ``V``: vocabulary size
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    """Samples of one RL step on this process, as tensors, plus what later stages add to them."""
+
+    prompt_ids: torch.Tensor  # [N, P] long, left-padded
+    prompt_mask: torch.Tensor  # [N, P] long
+    response_ids: torch.Tensor  # [N, T] long, right-padded
+    response_mask: torch.Tensor  # [N, T] float: 1 on generated tokens
+    engine_logprobs: torch.Tensor  # [N, T] float: sampled-token logprobs reported by the engine
+    sequence_rewards: torch.Tensor  # [N] float
+    group_index: torch.Tensor  # [N] long: samples of the same prompt share an index
+    truncated: torch.Tensor  # [N] bool: hit max_tokens
+    advantages: torch.Tensor | None = None  # [N, T]
+    old_logprobs: torch.Tensor | None = None  # [N, T] trainer logprobs before the update
+    ref_logprobs: torch.Tensor | None = None  # [N, T] reference-policy logprobs
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    def select(self, index: slice | torch.Tensor) -> RolloutBatch:
+        """Rows ``index`` of every tensor field (None fields stay None)."""
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values[f.name] = value[index] if isinstance(value, torch.Tensor) else value
+        return RolloutBatch(**values)
+
+    def to(self, device: torch.device | str) -> RolloutBatch:
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values[f.name] = value.to(device) if isinstance(value, torch.Tensor) else value
+        return RolloutBatch(**values)
