@@ -51,7 +51,7 @@ class HFEngine:
         for row, (_, ids) in enumerate(chunk):
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention[row, width - len(ids) :] = 1
-        generator_kwargs = {}
+        generator_kwargs: dict = {"do_sample": False}
         if not sampling.greedy:
             generator_kwargs = dict(
                 do_sample=True,
@@ -65,7 +65,6 @@ class HFEngine:
             input_ids=input_ids.to(self.device),
             attention_mask=attention.to(self.device),
             max_new_tokens=sampling.max_tokens,
-            do_sample=False,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             stop_strings=list(sampling.stop) or None,

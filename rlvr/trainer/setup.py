@@ -26,7 +26,8 @@ def _on_cpu() -> bool:
 def make_accelerator(grad_accum: int) -> Accelerator:
     """An Accelerator whose gradient accumulation equals the micro-batches of one optimizer step."""
     kwargs_handlers = []
-    if _on_cpu():
+    launched = "LOCAL_RANK" in os.environ  # accelerate launch / torchrun: a process group will be created
+    if _on_cpu() and launched:
         # Without gloo every CPU rank would think it is alone. DeepSpeed's CPU comm op would be compiled
         # with g++ on first use (~2 min); torch's gloo collectives are enough here.
         kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo"))
