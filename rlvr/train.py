@@ -38,6 +38,7 @@ from rlvr.trainer.setup import (
     make_accelerator,
     make_optimizer,
     make_reference,
+    unpartitioned,
 )
 from rlvr.trainer.update import UpdateContext, policy_update
 from rlvr.trainer.weights import gathered_parameters, policy_state
@@ -103,7 +104,8 @@ def build(recipe: Recipe) -> Trainer:
         enforce_eager=r.enforce_eager,
         device=str(accelerator.device),
     )
-    engine = ENGINES.get(r.engine)(model_path, options)
+    with unpartitioned():
+        engine = ENGINES.get(r.engine)(model_path, options)
     base_dir = Path(recipe.source).resolve().parent if recipe.source else None
     scorer = Scorer(
         [RewardSpec(v.name, v.weight, dict(v.kwargs)) for v in recipe.rewards.verifiers],

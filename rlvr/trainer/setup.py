@@ -7,9 +7,11 @@ and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
+from collections.abc import Iterator
 
 import torch
 from accelerate import Accelerator
@@ -50,12 +52,30 @@ def configure_deepspeed(accelerator: Accelerator, micro_batch: int, grad_accum: 
     ds["gradient_clipping"] = recipe.train.max_grad_norm
     ds.setdefault("zero_optimization", {})
     ds["zero_allow_untested_optimizer"] = True
+    accelerator.gradient_accumulation_steps = grad_accum
 
 
 def zero_stage(accelerator: Accelerator) -> int:
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
         return 0
     return int(accelerator.state.deepspeed_plugin.zero_stage)
+
+
+@contextlib.contextmanager
+def unpartitioned() -> Iterator[None]:
+    """Models created inside are whole, even under ZeRO-3.
+
+    Once a ZeRO-3 config is active, transformers builds every new model partitioned (``zero.Init``);
+    a rollout engine's own copy of the weights must not be.
+    """
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
 def load_policy(path: str, recipe: Recipe) -> torch.nn.Module:
