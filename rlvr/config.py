@@ -23,7 +23,7 @@ class RecipeError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class RunConfig(_Section):
@@ -168,6 +168,9 @@ class TrainConfig(_Section):
     """Linear learning-rate warm-up over this many optimizer steps, then constant."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient clipping by global norm."""
+    mixed_precision: Literal["no", "bf16"] | None = None
+    """bf16: autocast forward/backward in bfloat16 with fp32 master weights (2-3x faster on CPUs with
+    AVX-512 bf16 and on GPUs). None: as the accelerate config / launcher says."""
 
 
 class Recipe(_Section):

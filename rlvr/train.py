@@ -74,7 +74,7 @@ def _seed_for(*parts: int) -> int:
 def build(recipe: Recipe) -> Trainer:
     """Create the accelerator, policy, optimizer, engine, scorer, data and sampler for ``recipe``."""
     layout = recipe.batch_layout(int(os.environ.get("WORLD_SIZE", "1")))
-    accelerator = make_accelerator(layout["grad_accum"])
+    accelerator = make_accelerator(layout["grad_accum"], recipe.train.mixed_precision)
     configure_deepspeed(accelerator, layout["micro_batch"], layout["grad_accum"], recipe)
     set_seed(recipe.run.seed, device_specific=False)
     run_dir = Path(recipe.run.output_dir)

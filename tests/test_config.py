@@ -84,3 +84,11 @@ def test_batch_layout(tmp_path):
     assert recipe.batch_layout(1)["grad_accum"] == 2
     with pytest.raises(RecipeError, match="divisible by the number of processes"):
         recipe.batch_layout(3)
+
+
+def test_recipe_reference_doc_is_current():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/recipe_reference.py"), "--check"], cwd=ROOT)
+    assert proc.returncode == 0, "docs/recipes.md is stale: run python scripts/recipe_reference.py"

@@ -25,7 +25,7 @@ def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def make_accelerator(grad_accum: int) -> Accelerator:
+def make_accelerator(grad_accum: int, mixed_precision: str | None = None) -> Accelerator:
     """An Accelerator whose gradient accumulation equals the micro-batches of one optimizer step."""
     kwargs_handlers = []
     launched = "LOCAL_RANK" in os.environ  # accelerate launch / torchrun: a process group will be created
@@ -37,7 +37,9 @@ def make_accelerator(grad_accum: int) -> Accelerator:
             import deepspeed.ops
 
             deepspeed.ops.__compatible_ops__ = {}
-    accelerator = Accelerator(gradient_accumulation_steps=grad_accum, kwargs_handlers=kwargs_handlers)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, kwargs_handlers=kwargs_handlers
+    )
     return accelerator
 
 
