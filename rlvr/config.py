@@ -66,7 +66,7 @@ class DataConfig(_Section):
     """Local .jsonl/.json/.parquet file (relative to the current directory or the recipe folder) or a
     hub dataset name."""
     split: str = "train"
-    """Split to load (hub datasets and local files alike)."""
+    """Split to load from a hub dataset or a local data folder (a single file has only "train")."""
     subset: str | None = None
     """Hub dataset configuration name."""
     prompt_field: str = "prompt"
