@@ -74,9 +74,9 @@ class DataConfig(_Section):
     answer_field: str = "answer"
     """Row field holding the gold answer (normalised into the key "answer" for verifiers)."""
     system_prompt: str | None = None
-    """Optional system message put before the user prompt in the chat template."""
+    """Optional system turn; without the chat template it is put before the prompt, then a blank line."""
     prompt_template: str = "{prompt}"
-    """Python format string applied to the prompt text; other row fields are available by name."""
+    """Python format string: {prompt} is the row's prompt text; other row fields are available by name."""
     chat_template: bool = True
     """Wrap the prompt with the tokenizer's chat template (add_generation_prompt=True)."""
     max_prompt_tokens: int = Field(512, ge=1)

@@ -1,7 +1,7 @@
 """Write docs/recipes.md, the reference of every recipe key, from the schema in rlvr/config.py.
 
-    python scripts/recipe_reference.py            # rewrite docs/recipes.md
-    python scripts/recipe_reference.py --check    # exit 1 if it is out of date (used by the tests)
+python scripts/recipe_reference.py            # rewrite docs/recipes.md
+python scripts/recipe_reference.py --check    # exit 1 if it is out of date (used by the tests)
 """
 
 import sys
@@ -26,22 +26,22 @@ def _type_name(annotation) -> str:
     return text or str(annotation).replace("typing.", "")
 
 
+def table(model: type[BaseModel], prefix: str) -> list[str]:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, sub in model.model_fields.items():
+        default = "(required)" if sub.is_required() else repr(sub.get_default(call_default_factory=True))
+        doc = " ".join((sub.description or "").split()).replace("|", "\\|")
+        lines.append(f"| `{prefix}{name}` | `{_type_name(sub.annotation)}` | `{default}` | {doc} |")
+    return lines
+
+
 def render() -> str:
     lines = [HEADER]
     for section, field in Recipe.model_fields.items():
         model = field.annotation
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            continue
-        lines += [f"\n## `{section}`\n", "| key | type | default | meaning |", "|---|---|---|---|"]
-        for name, sub in model.model_fields.items():
-            default = "(required)" if sub.is_required() else repr(sub.get_default(call_default_factory=True))
-            doc = " ".join((sub.description or "").split()).replace("|", "\\|")
-            lines.append(f"| `{section}.{name}` | `{_type_name(sub.annotation)}` | `{default}` | {doc} |")
-    lines += ["\n### each entry of `rewards.verifiers`\n", "| key | type | default | meaning |", "|---|---|---|---|"]
-    for name, sub in RewardConfig.model_fields.items():
-        default = "(required)" if sub.is_required() else repr(sub.get_default(call_default_factory=True))
-        doc = " ".join((sub.description or "").split()).replace("|", "\\|")
-        lines.append(f"| `{name}` | `{_type_name(sub.annotation)}` | `{default}` | {doc} |")
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            lines += [f"\n## `{section}`\n", *table(model, f"{section}.")]
+    lines += ["\n### each entry of `rewards.verifiers`\n", *table(RewardConfig, "")]
     return "\n".join(lines) + "\n"
 
 

@@ -1,42 +1,13 @@
 """Real 2-process DeepSpeed ZeRO-2 / ZeRO-3 updates on CPU (gloo): every rank ends with the same weights."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes/tiny/grpo_tiny_say_digit.yaml"
+from launch import ROOT, TINY_RECIPE, accelerate, metrics, run
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(config: str, out: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / config),
-        "--main_process_port",
-        str(free_port()),
-        str(ROOT / "tests/scripts/dist_step.py"),
-        str(out),
-        str(RECIPE),
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
+def launch(config: str, out, *overrides: str) -> None:
+    run(accelerate(config, str(ROOT / "tests/scripts/dist_step.py"), str(out), str(TINY_RECIPE), *overrides))
 
 
 @pytest.mark.distributed
@@ -51,6 +22,7 @@ def test_two_process_zero_update_keeps_ranks_identical(tmp_path, stage):
         f"run.output_dir={tmp_path / 'run'}",
         "train.micro_batch_size=8",
         "train.num_mini_batches=2",
+        "algorithm.kl_coef=0.1",  # a frozen reference model, partitioned like the policy under ZeRO-3
     )
     ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
     # every parameter identical across ranks after the update...
@@ -62,35 +34,34 @@ def test_two_process_zero_update_keeps_ranks_identical(tmp_path, stage):
     for key in ("reward/mean", "reward/std", "response/length_mean"):
         assert ranks[0]["steps"][-1][key] == ranks[1]["steps"][-1][key]
     assert ranks[0]["steps"][-1]["actor/grad_norm"] > 0
+    # KL to the reference (k3 >= 0) is positive once the policy has moved away from it
+    assert 0 <= ranks[0]["steps"][0]["actor/kl"] < ranks[0]["steps"][1]["actor/kl"]
 
 
 @pytest.mark.distributed
 def test_zero3_training_run_checkpoints_resumes_and_saves_hf_model(tmp_path):
     """The real entry point under ZeRO-3: sharded checkpoints, resume, and a gathered HF final model."""
-    run = tmp_path / "run"
+    run_dir = tmp_path / "run"
 
     def train(*overrides: str) -> list[dict]:
-        cmd = [
-            sys.executable, "-m", "accelerate.commands.launch",
-            "--config_file", str(ROOT / "recipes/accelerate/zero3.yaml"), "--main_process_port", str(free_port()),
-            "-m", "rlvr.train", str(RECIPE), f"run.output_dir={run}", "rollout.engine=hf", "run.save_every=1",
-            "run.keep_last=1", *overrides,
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        args = ["-m", "rlvr.train", str(TINY_RECIPE), f"run.output_dir={run_dir}", "rollout.engine=hf"]
+        run(
+            accelerate(
+                "recipes/accelerate/zero3.yaml", *args, "run.save_every=1", "run.keep_last=1", *overrides
+            )
+        )
+        return metrics(run_dir)
 
     train("run.steps=1")
     rows = train("run.steps=2", "run.resume=true")
     assert [r["step"] for r in rows] == [1, 2]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000002"]
 
     from transformers import AutoModelForCausalLM
 
     from rlvr.models import resolve_model
 
-    final = dict(AutoModelForCausalLM.from_pretrained(run / "final").named_parameters())
+    final = dict(AutoModelForCausalLM.from_pretrained(run_dir / "final").named_parameters())
     initial = dict(AutoModelForCausalLM.from_pretrained(resolve_model("tiny-char")).named_parameters())
     assert final.keys() == initial.keys()
     for name, param in final.items():

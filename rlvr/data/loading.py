@@ -20,36 +20,14 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+from rlvr.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _EXAMPLES_SHOWN = 3
-
-
-@dataclass
-class DataConfig:
-    """Where the prompts come from and how each row becomes a prompt (the recipe's ``data`` section)."""
-
-    path: str
-    """Local ``.jsonl``/``.json``/``.parquet`` file or folder of them, or a hub dataset name."""
-    split: str = "train"
-    """Split to read from a folder or hub dataset (a single file is read whole)."""
-    subset: str | None = None
-    """Hub dataset config name."""
-    prompt_field: str = "prompt"
-    answer_field: str = "answer"
-    system_prompt: str | None = None
-    """System turn; without the chat template it is prepended to the prompt, followed by a blank line."""
-    prompt_template: str = "{prompt}"
-    """``str.format`` template; ``{prompt}`` is the row's prompt text, other row fields are available too."""
-    chat_template: bool = True
-    """Render with the tokenizer's chat template (system + user turn, generation prompt appended)."""
-    max_prompt_tokens: int = 512
-    invalid_rows: Literal["skip", "error"] = "skip"
-    limit: int | None = None
-    """Keep only the first ``limit`` rows of the source (before validation)."""
 
 
 @dataclass

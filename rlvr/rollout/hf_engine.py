@@ -80,26 +80,30 @@ class HFEngine:
         )  # [n, T]
         results = []
         for row, (prompt_index, _) in enumerate(chunk):
-            ids = new_tokens[row].tolist()
-            length, finish = len(ids), "length"
-            for pos, tok in enumerate(ids):
-                if tok in self.eos_ids:
-                    length, finish = pos + 1, "stop"
-                    break
-            ids = ids[:length]
+            ids, finish = self._cut(new_tokens[row].tolist(), sampling.stop)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            if finish == "length" and sampling.stop and any(s in text for s in sampling.stop):
-                finish = "stop"
+            for stop in sampling.stop:
+                if finish == "stop" and stop in text:
+                    text = text[: text.index(stop)]  # like vLLM: the stop string is not part of the text
             results.append(
                 Completion(
                     prompt_index=prompt_index,
                     token_ids=ids,
-                    logprobs=logprobs[row, :length].tolist(),
+                    logprobs=logprobs[row, : len(ids)].tolist(),
                     text=text,
                     finish_reason=finish,
                 )
             )
         return results
+
+    def _cut(self, ids: list[int], stops: tuple[str, ...]) -> tuple[list[int], str]:
+        """Generated ids up to and including EOS or the token that completes a stop string."""
+        for pos, tok in enumerate(ids):
+            if tok in self.eos_ids:
+                return ids[: pos + 1], "stop"
+            if stops and any(s in self.tokenizer.decode(ids[: pos + 1]) for s in stops):
+                return ids[: pos + 1], "stop"
+        return ids, "length"
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

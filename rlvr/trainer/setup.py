@@ -27,20 +27,19 @@ def _on_cpu() -> bool:
 
 def make_accelerator(grad_accum: int, mixed_precision: str | None = None) -> Accelerator:
     """An Accelerator whose gradient accumulation equals the micro-batches of one optimizer step."""
-    kwargs_handlers = []
+    handlers = []
     launched = "LOCAL_RANK" in os.environ  # accelerate launch / torchrun: a process group will be created
     if _on_cpu() and launched:
         # Without gloo every CPU rank would think it is alone. DeepSpeed's CPU comm op would be compiled
         # with g++ on first use (~2 min); torch's gloo collectives are enough here.
-        kwargs_handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
             import deepspeed.ops
 
             deepspeed.ops.__compatible_ops__ = {}
-    accelerator = Accelerator(
-        gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, kwargs_handlers=kwargs_handlers
+    return Accelerator(
+        gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, kwargs_handlers=handlers
     )
-    return accelerator
 
 
 def configure_deepspeed(accelerator: Accelerator, micro_batch: int, grad_accum: int, recipe: Recipe) -> None:

