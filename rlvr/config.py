@@ -41,6 +41,9 @@ class RunConfig(_Section):
     """How many step checkpoints to keep; older ones are deleted after a new one is complete."""
     resume: bool = False
     """Continue from the latest complete checkpoint in output_dir (data order, RNG, step counter)."""
+    overwrite: bool = False
+    """Start over in an output_dir that holds an earlier run (its checkpoints and metrics are deleted).
+    Without resume or overwrite such a directory is an error, so no earlier run is lost by accident."""
     save_final: bool = True
     """Write the final policy as an HF model folder to output_dir/final."""
     tensorboard: bool = True

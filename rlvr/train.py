@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -78,9 +79,8 @@ def build(recipe: Recipe) -> Trainer:
     configure_deepspeed(accelerator, layout["micro_batch"], layout["grad_accum"], recipe)
     set_seed(recipe.run.seed, device_specific=False)
     run_dir = Path(recipe.run.output_dir)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    prepare_run_dir(run_dir, recipe, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
 
     with accelerator.main_process_first():
         model_path = str(resolve_model(recipe.model.name_or_path))
@@ -135,6 +135,23 @@ def build(recipe: Recipe) -> Trainer:
             if accelerator.is_main_process:
                 print(f"resumed from step {trainer.step} in {run_dir}", flush=True)
     return trainer
+
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe, is_main: bool) -> None:
+    """Create the run directory; refuse to mix a new run into an earlier one unless told how."""
+    earlier = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    if earlier and not (recipe.run.resume or recipe.run.overwrite):
+        raise RecipeError(
+            f"{recipe.source}: run.output_dir {run_dir} already holds a run; pass run.resume=true to "
+            "continue it, run.overwrite=true to start over, or choose another run.output_dir"
+        )
+    if not is_main:
+        return
+    if earlier and recipe.run.overwrite and not recipe.run.resume:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
 
 
 def sync_weights(trainer: Trainer) -> float:
@@ -299,11 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        recipe = load_recipe(argv[0], argv[1:])
+        train(load_recipe(argv[0], argv[1:]))
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    train(recipe)
     return 0
 
 

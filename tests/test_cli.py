@@ -41,3 +41,12 @@ def test_accelerate_form_prints_the_exact_launch_command():
     first = proc.stdout.splitlines()[0]
     assert first.endswith("launch --config_file recipes/accelerate/zero2.yaml -m rlvr.train missing.yaml")
     assert proc.returncode != 0  # accelerate ran rlvr.train, which rejected the missing recipe
+
+
+def test_an_earlier_run_is_not_overwritten_by_accident(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints/keep-me").write_text("x")
+    proc = rlvr("train", str(TINY_RECIPE), f"run.output_dir={tmp_path}", "rollout.engine=hf")
+    assert proc.returncode == 2
+    assert "already holds a run; pass run.resume=true" in proc.stderr
+    assert (tmp_path / "checkpoints/keep-me").exists()

@@ -67,8 +67,6 @@ class HFEngine:
             max_new_tokens=sampling.max_tokens,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
-            stop_strings=list(sampling.stop) or None,
-            tokenizer=self.tokenizer if sampling.stop else None,
             output_scores=True,
             return_dict_in_generate=True,
             **generator_kwargs,
@@ -97,7 +95,11 @@ class HFEngine:
         return results
 
     def _cut(self, ids: list[int], stops: tuple[str, ...]) -> tuple[list[int], str]:
-        """Generated ids up to and including EOS or the token that completes a stop string."""
+        """Generated ids up to and including EOS or the token that completes a stop string.
+
+        Stop strings are matched here, on the generated text only, as vLLM does (transformers' own
+        stop-string criterion also matches across the end of the prompt).
+        """
         for pos, tok in enumerate(ids):
             if tok in self.eos_ids:
                 return ids[: pos + 1], "stop"
