@@ -16,12 +16,26 @@ from rlvr.algorithms.advantages import (
     AdvantageFn,
     AdvantageInputs,
     GroupStatistics,
+    batch_norm_advantages,
+    dgpo_advantages,
+    dr_grpo_advantages,
     group_statistics,
     grpo_advantages,
+    lite_ppo_advantages,
+    reinforce_pp_advantages,
+    rloo_advantages,
 )
 from rlvr.algorithms.aggregation import LOSS_AGGREGATIONS, aggregate, aggregation_counts
 from rlvr.algorithms.kl import KL_ESTIMATORS, KLEstimatorFn, kl_k1, kl_k2, kl_k3
-from rlvr.algorithms.policy_losses import POLICY_LOSSES, PolicyLossFn, ppo_clip_loss
+from rlvr.algorithms.policy_losses import (
+    POLICY_LOSSES,
+    PolicyLossFn,
+    cispo_loss,
+    dapo_loss,
+    gspo_loss,
+    ppo_clip_loss,
+    reinforce_loss,
+)
 from rlvr.algorithms.utils import masked_mean, masked_sum, masked_var, masked_whiten
 
 __all__ = [
@@ -36,14 +50,24 @@ __all__ = [
     "PolicyLossFn",
     "aggregate",
     "aggregation_counts",
+    "batch_norm_advantages",
+    "cispo_loss",
+    "dapo_loss",
+    "dgpo_advantages",
+    "dr_grpo_advantages",
     "group_statistics",
     "grpo_advantages",
+    "gspo_loss",
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "lite_ppo_advantages",
     "masked_mean",
     "masked_sum",
     "masked_var",
     "masked_whiten",
     "ppo_clip_loss",
+    "reinforce_loss",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
 ]

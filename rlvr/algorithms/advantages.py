@@ -10,6 +10,25 @@ need from :class:`AdvantageInputs` (outcome rewards and group ids for the group-
 rewards and values for GAE; log-probabilities for estimators that fold a KL term into the reward), and
 their hyper-parameters as keyword arguments, so new estimators are new registry entries and callers do
 not change.
+
+Registered estimators (outcome advantages broadcast to every response token; ``G`` is the group size):
+
+* ``grpo``: ``(r - mean_g) / (std_g + eps)`` (GRPO, arXiv 2402.03300); ``std_normalize=False`` gives
+  Dr. GRPO.
+* ``dr_grpo``: ``r - mean_g`` (Dr. GRPO, arXiv 2503.20783).
+* ``rloo``: ``r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean_g)`` (RLOO, arXiv 2402.14740).
+* ``reinforce_pp``: ``r - mean_g``, plus the return-to-go of ``token_rewards`` when given, whitened over
+  all valid tokens of the batch (REINFORCE++-baseline, arXiv 2501.03262).
+* ``lite_ppo`` (also ``group_mean_batch_std``): ``(r - mean_g) / (std_batch + eps)`` (Lite PPO,
+  arXiv 2508.08221).
+* ``batch_norm``: ``(r - mean_batch) / (std_batch + eps)`` (DLER, arXiv 2510.15110).
+* ``dgpo``: ``G * (r - mean_g) / (sum_g |r - mean_g| + eps)`` (DGAE), times the difficulty weight
+  ``w_q = Q * softmax_q(-acc_q / T)`` (DQW) (DGPO, arXiv 2601.20614).
+
+Groups may be uneven, interleaved and labelled arbitrarily; statistics are computed without Python loops
+over groups (:func:`group_statistics`). The per-group estimators (``grpo``, ``dr_grpo``, ``rloo``,
+``lite_ppo``, ``dgpo``) give 0 to singleton groups and to groups whose rewards are all equal; ``batch_norm``
+and ``reinforce_pp`` normalise over the whole batch, so there only a constant batch gives 0.
 """
 
 from __future__ import annotations
@@ -19,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlvr.algorithms.utils import masked_mean, masked_var, safe_denominator
 from rlvr.registry import Registry
 
 __all__ = [
@@ -26,8 +46,14 @@ __all__ = [
     "AdvantageFn",
     "AdvantageInputs",
     "GroupStatistics",
+    "batch_norm_advantages",
+    "dgpo_advantages",
+    "dr_grpo_advantages",
     "group_statistics",
     "grpo_advantages",
+    "lite_ppo_advantages",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
 ]
 
 AdvantageFn = Callable[..., torch.Tensor]
@@ -175,3 +201,273 @@ def grpo_advantages(
     advantages = torch.where(keep, advantages, torch.zeros_like(advantages))  # [N]
     mask = inputs.response_mask.to(advantages.dtype)  # [N, T]
     return advantages.unsqueeze(-1) * mask  # [N, T]
+
+
+def _broadcast_to_tokens(per_sequence: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Give every response token its sequence's advantage; 0 where ``response_mask`` is 0."""
+    mask = response_mask.to(per_sequence.dtype)  # [N, T]
+    return per_sequence.unsqueeze(-1) * mask  # [N, T]
+
+
+def _float_rewards(inputs: AdvantageInputs, dtype: torch.dtype) -> torch.Tensor:
+    """``inputs.sequence_rewards``, detached, in ``dtype`` (the statistics' dtype, at least float32)."""
+    return inputs.sequence_rewards.detach().to(dtype)  # [N]
+
+
+@ADVANTAGES.register("dr_grpo")
+def dr_grpo_advantages(inputs: AdvantageInputs) -> torch.Tensor:
+    """Dr. GRPO ("Understanding R1-Zero-Like Training", Liu et al. 2025, arXiv 2503.20783).
+
+    The group mean is the baseline and nothing is divided::
+
+        A_i = r_i - mean_g
+
+    Dividing by the group std (GRPO) up-weights questions that are almost always or almost never solved;
+    Dr. GRPO drops it (and, in the loss, the per-response length normalisation, which belongs to
+    :data:`LOSS_AGGREGATIONS`, not here). This entry returns exactly what
+    ``grpo_advantages(inputs, std_normalize=False)`` returns; it exists so that recipes can name the method.
+    Singleton and constant groups get 0.
+
+    Args:
+        inputs: uses ``sequence_rewards`` ``[N]``, ``group_index`` ``[N]`` and ``response_mask`` ``[N, T]``.
+
+    Returns:
+        ``[N, T]`` advantages, 0 where ``response_mask`` is 0.
+    """
+    return grpo_advantages(inputs, std_normalize=False)
+
+
+@ADVANTAGES.register("rloo")
+def rloo_advantages(inputs: AdvantageInputs) -> torch.Tensor:
+    """REINFORCE Leave-One-Out (Ahmadian et al. 2024, "Back to Basics", arXiv 2402.14740).
+
+    Each response is compared with the mean reward of the *other* responses to the same prompt, so its
+    baseline does not depend on its own sample (an unbiased baseline)::
+
+        A_i = r_i - (1 / (G - 1)) * sum_{j != i} r_j  =  G / (G - 1) * (r_i - mean_g)
+
+    with ``G`` the size of the response's group (groups may differ in size). A group of one has no other
+    sample to compare with and gets 0, as does a group whose rewards are all equal.
+
+    Args:
+        inputs: uses ``sequence_rewards`` ``[N]``, ``group_index`` ``[N]`` and ``response_mask`` ``[N, T]``.
+
+    Returns:
+        ``[N, T]`` advantages, 0 where ``response_mask`` is 0.
+    """
+    stats = group_statistics(inputs.sequence_rewards, inputs.group_index)
+    rewards = _float_rewards(inputs, stats.mean.dtype)  # [N]
+    count = stats.count  # [N]
+    scale = count / (count - 1).clamp(min=1)  # [N]  G / (G - 1)
+    advantages = scale * (rewards - stats.mean)  # [N]
+    advantages = torch.where(count > 1, advantages, torch.zeros_like(advantages))  # [N]
+    return _broadcast_to_tokens(advantages, inputs.response_mask)  # [N, T]
+
+
+def _whiten_tokens(x: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps)`` with mean and population variance over the masked entries of ``x``.
+
+    If every masked entry is equal the result is exactly 0 (not rounding noise scaled by ``1/sqrt(eps)``);
+    an empty mask gives 0 too. Entries where ``mask`` is 0 are returned as 0.
+    """
+    if x.numel() == 0:
+        return torch.zeros_like(x)
+    valid = mask != 0  # [N, T]
+    mean = masked_mean(x, mask)  # []
+    var = masked_var(x, mask, unbiased=False)  # []
+    high = torch.where(valid, x, torch.full_like(x, float("-inf"))).amax()  # []
+    low = torch.where(valid, x, torch.full_like(x, float("inf"))).amin()  # []
+    whitened = (x - mean) * torch.rsqrt(var + eps)  # [N, T]
+    keep = valid & (high > low)  # [N, T]
+    return torch.where(keep, whitened, torch.zeros_like(whitened))  # [N, T]
+
+
+@ADVANTAGES.register("reinforce_pp")
+def reinforce_pp_advantages(inputs: AdvantageInputs, *, eps: float = 1e-8) -> torch.Tensor:
+    """REINFORCE++-baseline (Hu et al. 2025, arXiv 2501.03262): group-mean baseline, global whitening.
+
+    The group mean is subtracted from each outcome reward, and the result, given to every response token,
+    is normalised with the mean and standard deviation over *all valid tokens of the batch* (the paper's
+    global batch normalisation, rather than GRPO's per-prompt std)::
+
+        A'_{i,t}  = r_i - mean_g                                       (every token t of response i)
+        A_{i,t}   = (A'_{i,t} - mean_tok(A')) / sqrt(var_tok(A') + eps)
+
+    ``mean_tok`` and ``var_tok`` run over every position where ``response_mask`` is 1, so a longer response
+    weighs more, as in OpenRLHF's ``reinforce_baseline`` (the authors' code); the variance is the population
+    one as there, and ``eps`` stands in for its ``clamp(var, min=1e-8)`` floor. Because of the global
+    shift, a response whose group is constant (or a singleton) gets ``-mean_tok(A') / std_tok(A')``, not 0,
+    unless the whole batch is constant (then 0).
+
+    **Token rewards (later addition).** The core estimator above uses outcome rewards only. When
+    ``inputs.token_rewards`` is given (e.g. ``-beta * KL_t``, the KL-in-reward form of the original
+    REINFORCE++ return ``r - beta * sum_{s >= t} KL_s``), their return-to-go is added to the centred outcome
+    reward before whitening; the group baseline stays the mean of the outcome rewards::
+
+        A'_{i,t} = (r_i - mean_g) + sum_{s >= t} token_rewards[i, s] * mask[i, s]
+
+    (undiscounted, gamma = 1, as OpenRLHF forces for this estimator). Token rewards at masked-out
+    positions are ignored.
+
+    Args:
+        inputs: uses ``sequence_rewards`` ``[N]``, ``group_index`` ``[N]``, ``response_mask`` ``[N, T]`` and,
+            when given, ``token_rewards`` ``[N, T]``.
+        eps: added to the token-level variance before the square root.
+
+    Returns:
+        ``[N, T]`` advantages, 0 where ``response_mask`` is 0.
+    """
+    stats = group_statistics(inputs.sequence_rewards, inputs.group_index)
+    dtype = stats.mean.dtype
+    rewards = _float_rewards(inputs, dtype)  # [N]
+    centred = rewards - stats.mean  # [N], exactly 0 for singleton and constant groups
+    mask = inputs.response_mask.to(dtype)  # [N, T]
+    returns = centred.unsqueeze(-1).expand_as(mask)  # [N, T]
+    if inputs.token_rewards is not None:
+        token_rewards = inputs.token_rewards.detach().to(dtype)  # [N, T]
+        token_rewards = torch.where(mask != 0, token_rewards * mask, torch.zeros_like(mask))  # [N, T]
+        return_to_go = token_rewards.flip(-1).cumsum(-1).flip(-1)  # [N, T]  sum_{s >= t}
+        returns = returns + return_to_go  # [N, T]
+    return _whiten_tokens(returns, mask, eps) * mask  # [N, T]
+
+
+@ADVANTAGES.register("lite_ppo")
+@ADVANTAGES.register("group_mean_batch_std")
+def lite_ppo_advantages(
+    inputs: AdvantageInputs, *, eps: float = 1e-6, std_unbiased: bool = True
+) -> torch.Tensor:
+    """Lite PPO advantage: group mean, batch std ("Tricks or Traps", Liu et al. 2025, arXiv 2508.08221).
+
+    The baseline is the group mean (as GRPO) but the scale is the std of the sequence rewards of the whole
+    batch, which the paper finds more robust than per-group std when rewards are concentrated::
+
+        A_i = (r_i - mean_g) / (std_batch(r) + eps)
+
+    ``std_batch`` is the std of all ``N`` outcome rewards in the batch (one value per response, not per
+    token), Bessel-corrected by default like :func:`grpo_advantages`. (AReaL's ``std_level=batch`` instead
+    takes the batch std of the group-centred rewards ``r - mean_g``; that is not what this entry does.)
+    Registered both as ``lite_ppo`` and as ``group_mean_batch_std``. Singleton and constant groups get 0.
+
+    Args:
+        inputs: uses ``sequence_rewards`` ``[N]``, ``group_index`` ``[N]`` and ``response_mask`` ``[N, T]``.
+        eps: added to the batch std before dividing.
+        std_unbiased: Bessel-corrected (``N - 1``) or population (``N``) batch std.
+
+    Returns:
+        ``[N, T]`` advantages, 0 where ``response_mask`` is 0.
+    """
+    stats = group_statistics(inputs.sequence_rewards, inputs.group_index, unbiased=std_unbiased)
+    batch = group_statistics(
+        inputs.sequence_rewards, torch.zeros_like(inputs.group_index), unbiased=std_unbiased
+    )
+    rewards = _float_rewards(inputs, stats.mean.dtype)  # [N]
+    advantages = (rewards - stats.mean) / safe_denominator(batch.std + eps)  # [N]
+    keep = (stats.count > 1) & (stats.std > 0)  # [N]
+    advantages = torch.where(keep, advantages, torch.zeros_like(advantages))  # [N]
+    return _broadcast_to_tokens(advantages, inputs.response_mask)  # [N, T]
+
+
+@ADVANTAGES.register("batch_norm")
+def batch_norm_advantages(
+    inputs: AdvantageInputs, *, eps: float = 1e-6, std_unbiased: bool = True
+) -> torch.Tensor:
+    """Batch-normalised outcome advantage (DLER, Liu et al. 2025, arXiv 2510.15110; REINFORCE++ style).
+
+    Mean and std are taken over the sequence rewards of the whole batch, ignoring the groups::
+
+        A_i = (r_i - mean_batch(r)) / (std_batch(r) + eps)
+
+    DLER uses it because truncation-based length penalties make many groups' rewards degenerate, which
+    biases per-group normalisation. Since groups are ignored, a singleton or constant group does *not* get
+    0 here (its rewards are compared with the batch); only a constant batch (or a batch of one) does.
+
+    Args:
+        inputs: uses ``sequence_rewards`` ``[N]`` and ``response_mask`` ``[N, T]`` (not ``group_index``).
+        eps: added to the batch std before dividing.
+        std_unbiased: Bessel-corrected (``N - 1``) or population (``N``) batch std.
+
+    Returns:
+        ``[N, T]`` advantages, 0 where ``response_mask`` is 0.
+    """
+    batch = group_statistics(
+        inputs.sequence_rewards, torch.zeros_like(inputs.group_index), unbiased=std_unbiased
+    )
+    rewards = _float_rewards(inputs, batch.mean.dtype)  # [N]
+    advantages = (rewards - batch.mean) / safe_denominator(batch.std + eps)  # [N]
+    keep = (batch.count > 1) & (batch.std > 0)  # [N]
+    advantages = torch.where(keep, advantages, torch.zeros_like(advantages))  # [N]
+    return _broadcast_to_tokens(advantages, inputs.response_mask)  # [N, T]
+
+
+@ADVANTAGES.register("dgpo")
+def dgpo_advantages(
+    inputs: AdvantageInputs,
+    *,
+    eps: float = 1e-4,
+    question_weighting: bool = True,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """DGPO advantage: DGAE with optional DQW (MathForge, arXiv 2601.20614).
+
+    **DGAE** (difficulty-balanced group advantage estimation) scales by the group's mean absolute deviation
+    instead of its std, written in the sum form of the authors' code::
+
+        A_i = G * (r_i - mean_g) / (sum_j |r_j - mean_g| + eps)  ~=  (r_i - mean_g) / MAD_g,
+        MAD_g = (1 / G) * sum_j |r_j - mean_g|
+
+    so ``sum_i |A_i| = G * S / (S + eps) ~= G`` for every group (``S`` the sum of absolute deviations):
+    each question moves the policy by the same total amount whatever its accuracy, which is not true of
+    std normalisation. ``G`` is the size of the response's group.
+
+    **DQW** (difficulty-aware question weighting, ``question_weighting=True``) then multiplies each group's
+    advantages by a weight that favours harder questions. Over the ``Q`` valid groups (size > 1, rewards
+    not all equal)::
+
+        w_q = Q * softmax_q(-acc_q / temperature)        (mean weight 1 over valid groups)
+
+    where ``acc_q`` is the group's mean reward (its accuracy for 0/1 rewards). The authors' code takes
+    ``acc_q`` from the accuracy reward alone when several rewards are summed; here it is the mean of
+    ``sequence_rewards``. Their loss-side rescalings (by the share of tokens in non-degenerate groups and a
+    per-process length ratio) concern loss aggregation and are not applied here. Singleton and constant
+    groups get 0.
+
+    Args:
+        inputs: uses ``sequence_rewards`` ``[N]``, ``group_index`` ``[N]`` and ``response_mask`` ``[N, T]``.
+        eps: added to the group's sum of absolute deviations (``1e-4`` in the authors' code).
+        question_weighting: apply DQW on top of DGAE.
+        temperature: DQW softmax temperature ``T`` (``dgpo_dqw_temp``, 2.0 in the paper); must be > 0.
+
+    Returns:
+        ``[N, T]`` advantages, 0 where ``response_mask`` is 0.
+    """
+    if question_weighting and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    stats = group_statistics(inputs.sequence_rewards, inputs.group_index)
+    dtype = stats.mean.dtype
+    rewards = _float_rewards(inputs, dtype)  # [N]
+    group_ids, inverse = torch.unique(inputs.group_index, return_inverse=True)  # [Q_all], [N] in [0, Q_all)
+    num_groups = group_ids.numel()
+
+    deviations = rewards - stats.mean  # [N], exactly 0 for singleton and constant groups
+    abs_sums = torch.zeros(num_groups, dtype=dtype, device=rewards.device)  # [Q_all]
+    abs_sums.index_add_(0, inverse, deviations.abs())
+    denominator = abs_sums[inverse] + eps  # [N]
+    advantages = stats.count * deviations / safe_denominator(denominator)  # [N]
+    valid = (stats.count > 1) & (stats.std > 0)  # [N]
+    advantages = torch.where(valid, advantages, torch.zeros_like(advantages))  # [N]
+
+    if question_weighting:
+        group_valid = torch.zeros(num_groups, dtype=torch.bool, device=rewards.device)  # [Q_all]
+        group_valid.scatter_(0, inverse, valid)  # members of a group agree, so any write is the same
+        group_accuracy = torch.zeros(num_groups, dtype=dtype, device=rewards.device)  # [Q_all]
+        group_accuracy.scatter_(0, inverse, stats.mean)
+        logits = torch.where(
+            group_valid, -group_accuracy / temperature, torch.full_like(group_accuracy, float("-inf"))
+        )  # [Q_all]
+        num_valid = group_valid.sum().to(dtype)  # []
+        weights = num_valid * torch.softmax(logits, dim=0)  # [Q_all]
+        # invalid groups get exp(-inf) = 0, or NaN when no group is valid; either way they get weight 0
+        weights = torch.where(group_valid, weights, torch.zeros_like(weights))  # [Q_all]
+        advantages = advantages * weights[inverse]  # [N]
+
+    return _broadcast_to_tokens(advantages, inputs.response_mask)  # [N, T]
