@@ -96,7 +96,7 @@ def build(recipe: Recipe) -> Trainer:
 
     r = recipe.rollout
     options = EngineOptions(
-        dtype=recipe.model.dtype,
+        dtype=r.dtype or recipe.model.dtype,
         max_model_len=r.max_model_len or recipe.data.max_prompt_tokens + r.max_tokens,
         seed=recipe.run.seed + accelerator.process_index,
         gpu_memory_utilization=r.gpu_memory_utilization,

@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--engines", nargs="+", default=["vllm", "hf"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
 
     path = str(resolve_model(args.model))
@@ -50,9 +51,9 @@ def main() -> None:
     sampling = SamplingConfig(n=args.n, temperature=1.0, max_tokens=args.max_tokens, seed=0)
     print(f"model {args.model}: {args.prompts} prompts x {args.n} samples x <= {args.max_tokens} tokens")
     for name in args.engines:
-        engine = ENGINES.get(name)(path, EngineOptions(max_model_len=256, kv_cache_gb=0.5))
+        engine = ENGINES.get(name)(path, EngineOptions(dtype=args.dtype, max_model_len=256, kv_cache_gb=0.5))
         rate = tokens_per_s(engine, prompts, sampling, args.repeats)
-        print(f"{name:>5}: {rate:8.1f} generated tokens/s (median of {args.repeats})")
+        print(f"{name:>5} {args.dtype}: {rate:8.1f} generated tokens/s (median of {args.repeats})")
         if name == "vllm":
             weights = policy_state(AutoModelForCausalLM.from_pretrained(path))
             times = []
