@@ -156,6 +156,9 @@ class AlgorithmConfig(_Section):
     """Weight of the KL(policy || reference) loss term; 0 disables it and the reference model."""
     kl_estimator: str = "k3"
     """KL estimator (registry: rlvr.algorithms.KL_ESTIMATORS): k1, k2, k3."""
+    entropy_coef: float = Field(0.0, ge=0)
+    """Entropy bonus: entropy_coef x (token entropy of the policy) is subtracted from the per-token loss
+    (the PPO paper's entropy term, arXiv 1707.06347); 0 disables it."""
 
 
 class TrainConfig(_Section):

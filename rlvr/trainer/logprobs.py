@@ -8,9 +8,15 @@ from rlvr.types import RolloutBatch
 
 
 def response_logprobs(
-    model: torch.nn.Module, batch: RolloutBatch, temperature: float = 1.0, with_entropy: bool = False
+    model: torch.nn.Module,
+    batch: RolloutBatch,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probability of each response token (and the token-level entropy) under ``model``.
+
+    The entropy is detached unless ``entropy_grad`` (an entropy bonus needs its gradient).
 
     Logits are divided by the sampling temperature so the result is comparable to the engine's
     sampling distribution (top-p/top-k truncation is not applied). Only the last T+1 positions are
@@ -33,7 +39,7 @@ def response_logprobs(
     logprobs = token_logits - log_z  # [N, T]
     entropy = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             probs = torch.softmax(logits, dim=-1)  # [N, T, V]
             entropy = log_z - (probs * logits).sum(-1)  # [N, T]
     return logprobs, entropy

@@ -82,7 +82,9 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                 micro = mini_batch.select(slice(m, m + ctx.micro_batch))
                 mask = micro.response_mask  # [n, T]
                 with acc.accumulate(ctx.model):
-                    logprobs, entropy = response_logprobs(ctx.model, micro, temperature, with_entropy=True)
+                    logprobs, entropy = response_logprobs(
+                        ctx.model, micro, temperature, with_entropy=True, entropy_grad=algo.entropy_coef > 0
+                    )
                     old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
                     per_token, metrics = loss_fn(
                         logprobs, old, micro.advantages, mask, **algo.policy_loss_kwargs
@@ -91,6 +93,8 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                         kl = kl_fn(logprobs, micro.ref_logprobs)  # [n, T]
                         per_token = per_token + algo.kl_coef * kl
                         metrics["kl"] = (kl.detach() * mask).sum() / mask.sum().clamp(min=1)
+                    if algo.entropy_coef > 0:
+                        per_token = per_token - algo.entropy_coef * entropy
                     loss = aggregate(
                         per_token,
                         mask,
@@ -109,7 +113,7 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                         ctx.scheduler.step()
                 mini_loss += float(loss.detach())
                 tokens = float(mask.sum())
-                metrics["entropy"] = (entropy * mask).sum() / max(tokens, 1.0)
+                metrics["entropy"] = (entropy.detach() * mask).sum() / max(tokens, 1.0)
                 metrics["engine_logprob_gap"] = (
                     (logprobs.detach() - micro.engine_logprobs).abs() * mask
                 ).sum() / max(tokens, 1.0)

@@ -40,28 +40,45 @@ def random_batch(n: int = 8, p: int = 5, t: int = 6, vocab: int = 60, seed: int 
     )
 
 
-def reference_delta(model, batch: RolloutBatch, mode: str, lr: float) -> dict[str, torch.Tensor]:
+def reference_delta(
+    model, batch: RolloutBatch, mode: str, lr: float, entropy_coef: float = 0.0
+) -> dict[str, torch.Tensor]:
     """-lr * gradient of the loss aggregated over the whole batch at once."""
     model = copy.deepcopy(model)
     logprobs, _ = response_logprobs(model, batch)
     per_token, _ = ppo_clip_loss(logprobs, logprobs.detach(), batch.advantages, batch.response_mask)
+    if entropy_coef:
+        # entropy of the full next-token distribution, written out independently of rlvr's helper
+        input_ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
+        attention = torch.cat([batch.prompt_mask, batch.response_mask.long()], 1)
+        logits = model(
+            input_ids=input_ids, attention_mask=attention, position_ids=(attention.cumsum(1) - 1).clamp(min=0)
+        ).logits[:, batch.prompt_ids.shape[1] - 1 : -1]
+        entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+        per_token = per_token - entropy_coef * entropy
     loss = aggregate(per_token, batch.response_mask, mode, max_response_len=8)
     loss.backward()
     return {n: -lr * p.grad for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("mode", LOSS_AGGREGATIONS)
-@pytest.mark.parametrize("micro", [2, 8])
-def test_micro_batched_update_equals_full_batch_gradient(tiny_dir, mode, micro):
+CASES = [(mode, micro, 0.0) for mode in LOSS_AGGREGATIONS for micro in (2, 8)] + [("token-mean", 2, 0.1)]
+
+
+@pytest.mark.parametrize(("mode", "micro", "entropy_coef"), CASES)
+def test_micro_batched_update_equals_full_batch_gradient(tiny_dir, mode, micro, entropy_coef):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     recipe = Recipe.model_validate(
-        {"algorithm": {"loss_agg": mode}, "rollout": {"max_tokens": 8}, "train": {"max_grad_norm": 1e9}}
+        {
+            "algorithm": {"loss_agg": mode, "entropy_coef": entropy_coef},
+            "rollout": {"max_tokens": 8},
+            "train": {"max_grad_norm": 1e9},
+        }
     )
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     batch = random_batch()
     lr = 0.5
-    expected = reference_delta(model, batch, mode, lr)
+    expected = reference_delta(model, batch, mode, lr, entropy_coef)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     accelerator = Accelerator(gradient_accumulation_steps=8 // micro)
