@@ -57,6 +57,20 @@ def _engine_environment(device: str) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def _unshared_cpu_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors for safetensors, which refuses tensors sharing memory (tied weights).
+
+    Only a tensor whose storage was already seen is copied; the others are written as they are.
+    """
+    out, seen = {}, set()
+    for name, tensor in named_tensors:
+        tensor = tensor.detach().to("cpu").contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
+    return out
+
+
 @ENGINES.register("vllm")
 class VLLMEngine:
     """Generation with vLLM; weights updated in place after every optimizer step."""
@@ -129,9 +143,7 @@ class VLLMEngine:
         fd, path = tempfile.mkstemp(prefix="rlvr-weights-", suffix=".safetensors", dir=shm)
         os.close(fd)
         try:
-            tensors = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in named_tensors}
-            save_file(tensors, path)
-            del tensors
+            save_file(_unshared_cpu_tensors(named_tensors), path)
             self.llm.collective_rpc("rlvr_load_weights", args=(path,))
             self.llm.reset_prefix_cache()
         finally:
