@@ -8,9 +8,46 @@ Empty masks give 0 instead of ``NaN``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 
-__all__ = ["masked_mean", "masked_sum", "masked_var", "masked_whiten", "safe_denominator"]
+__all__ = [
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "needs",
+    "needs_of",
+    "safe_denominator",
+]
+
+F = TypeVar("F", bound=Callable)
+
+
+def needs(*fields: str) -> Callable[[F], F]:
+    """Declare the extra batch fields a plug-in function reads, passed to it as keyword arguments.
+
+    The trainer computes only what some plug-in declares (a no-grad forward for ``proxy_logprobs``, a
+    greedy rollout for ``baseline_rewards``, ...) and passes each declared field by name, so a new loss or
+    estimator that needs more than the default arguments is a registry entry, not an edit to the step::
+
+        @POLICY_LOSSES.register("my_loss")
+        @needs("group_index", "sequence_rewards")
+        def my_loss(logprobs, old_logprobs, advantages, mask, *, group_index, sequence_rewards): ...
+    """
+
+    def mark(fn: F) -> F:
+        fn.needs = frozenset(fields)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def needs_of(fn: Callable) -> frozenset[str]:
+    """The fields ``fn`` declared with :func:`needs` (empty when it declared none)."""
+    return getattr(fn, "needs", frozenset())
 
 
 def safe_denominator(denominator: torch.Tensor) -> torch.Tensor:
