@@ -11,11 +11,31 @@ names the recipe file and the dotted key, raised before any model is loaded.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-3`` is a float (YAML 1.2), not the string YAML 1.1 makes of it.
+
+    Values in free-form ``*_kwargs`` mappings reach the plug-in as written, so ``{lr: 1e-3}`` must not
+    arrive as ``"1e-3"``.
+    """
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class RecipeError(ValueError):
@@ -141,6 +161,49 @@ class RewardsConfig(_Section):
     """A sample counts as correct (accuracy metric, pass rates) when its reward is >= this."""
 
 
+class PluginConfig(_Section):
+    name: str
+    """Registry name."""
+    kwargs: dict[str, Any] = {}
+    """Keyword hyperparameters of the entry."""
+
+
+class DynamicSamplingConfig(_Section):
+    enabled: bool = False
+    """DAPO dynamic sampling (arXiv 2503.14476): drop prompt groups whose rewards are all equal (they
+    carry no group-relative signal) and generate more until the step has train.prompts_per_step groups."""
+    oversample: float = Field(1.0, ge=1.0)
+    """Prompts drawn per generation round, as a multiple of train.prompts_per_step."""
+    max_rounds: int = Field(4, ge=1)
+    """At most this many generation rounds per step; if the batch is still short, it is filled with
+    dropped groups (zero advantage; reported as dynamic_sampling/filled_groups)."""
+    eps: float = Field(0.0, ge=0)
+    """A group is kept when the standard deviation of its rewards is > eps (continuous rewards too)."""
+
+
+class OverlongConfig(_Section):
+    mask_truncated: bool = False
+    """Overlong filtering (DAPO): responses that hit rollout.max_tokens are left out of the loss."""
+    buffer_len: int = Field(0, ge=0)
+    """Soft overlong punishment (DAPO eq. 13): a response longer than max_tokens - buffer_len loses up to
+    `penalty` reward, linearly over the buffer; 0 disables it."""
+    penalty: float = Field(1.0, ge=0)
+    """Reward subtracted at the full length."""
+
+
+class CriticConfig(_Section):
+    model: str | None = None
+    """Critic initialisation: None starts from the policy's weights (a value head on a copy of its trunk);
+    a folder / alias / hub id starts from that model. The value head is a zero-initialised linear layer."""
+    lr: float | None = Field(None, gt=0)
+    """Critic learning rate; None: train.lr."""
+    vf_coef: float = Field(0.5, gt=0)
+    """Weight of the value loss in the joint loss (policy and critic share one optimizer step and one
+    gradient-norm clip)."""
+    clip_range: float | None = Field(0.2, gt=0)
+    """Value clipping around the rollout-time values (PPO2); None disables it."""
+
+
 class AlgorithmConfig(_Section):
     advantage: str = "grpo"
     """Advantage estimator (registry: rlvr.algorithms.ADVANTAGES)."""
@@ -153,12 +216,37 @@ class AlgorithmConfig(_Section):
     loss_agg: str = "token-mean"
     """Loss aggregation: token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm."""
     kl_coef: float = Field(0.0, ge=0)
-    """Weight of the KL(policy || reference) loss term; 0 disables it and the reference model."""
+    """Initial weight of the KL(policy || reference) term; 0 disables it and the reference model."""
     kl_estimator: str = "k3"
-    """KL estimator (registry: rlvr.algorithms.KL_ESTIMATORS): k1, k2, k3."""
+    """KL estimator (registry: rlvr.algorithms.KL_ESTIMATORS): k1, k2, k3 (low-variance)."""
+    kl_placement: Literal["loss", "reward"] = "loss"
+    """loss: kl_coef x KL is added to the per-token loss (GRPO). reward: -kl_coef x KL is added to the
+    token rewards (PPO-RLHF, REINFORCE++); estimators that do not read token rewards get its sum over the
+    response added to the sequence reward."""
+    kl_controller: str = "fixed"
+    """KL coefficient schedule (registry: rlvr.algorithms.KL_CONTROLLERS): fixed, or adaptive (Ziegler et
+    al., arXiv 1909.08593; kl_controller_kwargs: {target: ..., horizon: ...})."""
+    kl_controller_kwargs: dict[str, Any] = {}
+    """Hyperparameters of the KL controller (its initial coefficient is kl_coef)."""
+    reference_reset_every: int = Field(0, ge=0)
+    """ProRL (arXiv 2505.24864): every N steps the reference is hard-reset to the current policy; 0 never."""
+    reset_optimizer_with_reference: bool = True
+    """With a reference reset, also clear the optimizer's moment estimates (ProRL does)."""
     entropy_coef: float = Field(0.0, ge=0)
     """Entropy bonus: entropy_coef x (token entropy of the policy) is subtracted from the per-token loss
-    (the PPO paper's entropy term, arXiv 1707.06347); 0 disables it."""
+    (the PPO paper's entropy term, arXiv 1707.06347); the initial value for an adaptive controller."""
+    entropy_controller: str = "fixed"
+    """Entropy coefficient schedule (registry: rlvr.algorithms.ENTROPY_CONTROLLERS): fixed, or adaptive
+    (holds a target entropy; entropy_controller_kwargs: {target: ...})."""
+    entropy_controller_kwargs: dict[str, Any] = {}
+    """Hyperparameters of the entropy controller (its initial coefficient is entropy_coef)."""
+    token_weights: list[PluginConfig] = []
+    """Token selection / reweighting (registry: rlvr.algorithms.TOKEN_WEIGHTS), multiplied together:
+    forking_tokens, tis, mismatch_mask, overlong_mask. A weight of 0 removes a token from the loss."""
+    dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
+    overlong: OverlongConfig = OverlongConfig()
+    critic: CriticConfig = CriticConfig()
+    """Used when the advantage estimator needs values (gae): PPO with a learned critic."""
 
 
 class TrainConfig(_Section):
@@ -253,7 +341,7 @@ def parse_overrides(overrides: list[str], source: str = "<command line>") -> dic
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"{source}: override {item!r} is not of the form section.key=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "", source)
+        _set_dotted(tree, key.strip(), _yaml_load(raw) if raw else "", source)
     return tree
 
 
@@ -284,7 +372,16 @@ def _expand(value: str, recipe: Recipe) -> str:
 
 def _check_references(recipe: Recipe, base_dir: Path) -> None:
     """Registry names and local files the recipe refers to must exist (checked before models load)."""
-    from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
+    from rlvr.algorithms import (
+        ADVANTAGES,
+        ENTROPY_CONTROLLERS,
+        KL_CONTROLLERS,
+        KL_ESTIMATORS,
+        LOSS_AGGREGATIONS,
+        POLICY_LOSSES,
+        TOKEN_WEIGHTS,
+    )
+    from rlvr.algorithms.utils import needs_of
     from rlvr.data.sampler import SAMPLERS
     from rlvr.rewards import resolve_verifier
     from rlvr.rollout import ENGINES
@@ -295,12 +392,28 @@ def _check_references(recipe: Recipe, base_dir: Path) -> None:
         ("algorithm.policy_loss", recipe.algorithm.policy_loss, POLICY_LOSSES),
         ("algorithm.kl_estimator", recipe.algorithm.kl_estimator, KL_ESTIMATORS),
         ("algorithm.loss_agg", recipe.algorithm.loss_agg, LOSS_AGGREGATIONS),
+        ("algorithm.kl_controller", recipe.algorithm.kl_controller, KL_CONTROLLERS),
+        ("algorithm.entropy_controller", recipe.algorithm.entropy_controller, ENTROPY_CONTROLLERS),
+        *(
+            (f"algorithm.token_weights[{i}].name", w.name, TOKEN_WEIGHTS)
+            for i, w in enumerate(recipe.algorithm.token_weights)
+        ),
         ("sampler.name", recipe.sampler.name, SAMPLERS),
         ("rollout.engine", recipe.rollout.engine, ENGINES),
     ]
     for key, name, known in checks:
         if name not in known:
             raise RecipeError(f"{src}: {key}: unknown name {name!r}; known: {', '.join(sorted(known))}")
+    loss_needs = needs_of(POLICY_LOSSES.get(recipe.algorithm.policy_loss))
+    if "group_index" in loss_needs:
+        group = recipe.rollout.num_generations
+        micro = min(recipe.train.micro_batch_size, recipe.train.prompts_per_step * group)
+        if micro % group:
+            raise RecipeError(
+                f"{src}: train.micro_batch_size: policy loss {recipe.algorithm.policy_loss!r} couples the "
+                f"samples of a prompt, so a micro-batch must hold whole groups: use a multiple of "
+                f"rollout.num_generations={group}, got {recipe.train.micro_batch_size}"
+            )
     for i, reward in enumerate(recipe.rewards.verifiers):
         try:
             resolve_verifier(reward.name, base_dir=base_dir)
@@ -339,7 +452,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check: boo
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {source}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = _yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(tree, dict):

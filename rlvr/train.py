@@ -10,7 +10,8 @@ checkpoint. Every algorithmic choice is a registry name from the recipe.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import inspect
 import logging
 import os
 import shutil
@@ -20,17 +21,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
-from rlvr.algorithms import ADVANTAGES, AdvantageInputs
+from rlvr.algorithms import (
+    ADVANTAGES,
+    ENTROPY_CONTROLLERS,
+    KL_CONTROLLERS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    TOKEN_WEIGHTS,
+    AdvantageInputs,
+    TokenWeightInputs,
+    combine_token_weights,
+    gae_returns,
+)
+from rlvr.algorithms.utils import needs_of
 from rlvr.config import Recipe, RecipeError, dump_recipe, load_recipe
-from rlvr.data import SAMPLERS, load_prompts, shard
+from rlvr.data import SAMPLERS, load_prompts
 from rlvr.models import resolve_model
 from rlvr.rewards import RewardSpec, Scorer
-from rlvr.rollout import ENGINES, EngineOptions, RolloutEngine, SamplingConfig
+from rlvr.rollout import ENGINES, EngineOptions, RolloutEngine
 from rlvr.trainer.batch import make_batch
 from rlvr.trainer.checkpoint import load_latest, save_checkpoint, save_final_model
+from rlvr.trainer.collect import collect
+from rlvr.trainer.logprobs import behaviour_statistics
 from rlvr.trainer.metrics import MetricsLogger
 from rlvr.trainer.setup import (
     configure_deepspeed,
@@ -39,9 +54,11 @@ from rlvr.trainer.setup import (
     make_accelerator,
     make_optimizer,
     make_reference,
+    reset_optimizer_state,
+    reset_reference,
     unpartitioned,
 )
-from rlvr.trainer.update import UpdateContext, policy_update
+from rlvr.trainer.update import UpdateContext, forward_logprobs, forward_values, has_critic, policy_update
 from rlvr.trainer.weights import gathered_parameters, policy_state
 
 logger = logging.getLogger("rlvr")
@@ -59,17 +76,13 @@ class Trainer:
     tokenizer: object
     log: MetricsLogger
     layout: dict[str, int]
+    kl_controller: object
+    entropy_controller: object
     step: int = 0
 
     @property
     def accelerator(self):
         return self.ctx.accelerator
-
-
-def _seed_for(*parts: int) -> int:
-    """A 31-bit seed derived from integers (stable across processes and runs)."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def build(recipe: Recipe) -> Trainer:
@@ -88,11 +101,20 @@ def build(recipe: Recipe) -> Trainer:
     dataset = load_prompts(recipe.data, tokenizer)
     sampler = SAMPLERS.get(recipe.sampler.name)(dataset, seed=recipe.run.seed)
 
-    model = load_policy(model_path, recipe)
+    algo = recipe.algorithm
+    critic_path = None
+    if "values" in needs_of(ADVANTAGES.get(algo.advantage)):
+        with accelerator.main_process_first():
+            critic_path = str(resolve_model(algo.critic.model)) if algo.critic.model else model_path
+    model = load_policy(model_path, recipe, critic_path=critic_path)
     optimizer, scheduler = make_optimizer(model, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    ref_model = make_reference(accelerator, model_path, recipe) if recipe.algorithm.kl_coef > 0 else None
+    ref_model = make_reference(accelerator, model_path, recipe) if algo.kl_coef > 0 else None
+    kl_controller = KL_CONTROLLERS.get(algo.kl_controller)(coef=algo.kl_coef, **algo.kl_controller_kwargs)
+    entropy_controller = ENTROPY_CONTROLLERS.get(algo.entropy_controller)(
+        coef=algo.entropy_coef, **algo.entropy_controller_kwargs
+    )
 
     r = recipe.rollout
     options = EngineOptions(
@@ -123,14 +145,23 @@ def build(recipe: Recipe) -> Trainer:
         micro_batch=layout["micro_batch"],
         grad_accum=layout["grad_accum"],
         ref_model=ref_model,
+        kl_coef=kl_controller.value,
+        entropy_coef=entropy_controller.value,
     )
     log = MetricsLogger(run_dir, accelerator.is_main_process, recipe.run.tensorboard)
-    trainer = Trainer(recipe, ctx, engine, scorer, sampler, tokenizer, log, layout)
+    trainer = Trainer(
+        recipe, ctx, engine, scorer, sampler, tokenizer, log, layout, kl_controller, entropy_controller
+    )
     if recipe.run.resume:
         state = load_latest(accelerator, run_dir)
         if state is not None:
             trainer.step = state["step"]
             sampler.load_state_dict(state["sampler"])
+            kl_controller.load_state_dict(state.get("kl_controller", kl_controller.state_dict()))
+            entropy_controller.load_state_dict(
+                state.get("entropy_controller", entropy_controller.state_dict())
+            )
+            ctx.kl_coef, ctx.entropy_coef = kl_controller.value, entropy_controller.value
             sync_weights(trainer)
             if accelerator.is_main_process:
                 print(f"resumed from step {trainer.step} in {run_dir}", flush=True)
@@ -169,78 +200,157 @@ def _global_mean_std(accelerator, values: torch.Tensor) -> tuple[float, float, t
     return float(everything.mean()), std, everything
 
 
+def _token_weight_entries(recipe: Recipe) -> list[tuple[object, dict]]:
+    algo = recipe.algorithm
+    entries = [(TOKEN_WEIGHTS.get(w.name), dict(w.kwargs)) for w in algo.token_weights]
+    if algo.overlong.mask_truncated:
+        entries.append((TOKEN_WEIGHTS.get("overlong_mask"), {}))
+    return entries
+
+
+def _proxy_kappa(recipe: Recipe, loss_fn) -> float | None:
+    """Lp-Reg's min-p threshold when the loss reads proxy log-probs (the loss's own ``kappa`` argument)."""
+    if "proxy_logprobs" not in needs_of(loss_fn):
+        return None
+    default = inspect.signature(loss_fn).parameters["kappa"].default
+    return float(recipe.algorithm.policy_loss_kwargs.get("kappa", default))
+
+
 def run_step(t: Trainer) -> dict[str, float]:
     """One RL step; returns its metrics (identical on every process)."""
-    recipe, acc = t.recipe, t.accelerator
+    recipe, acc, ctx = t.recipe, t.accelerator, t.ctx
+    algo = recipe.algorithm
+    estimator = ADVANTAGES.get(algo.advantage)
+    loss_fn = POLICY_LOSSES.get(algo.policy_loss)
     timer = {"start": time.perf_counter()}
 
-    # 1. prompts: every process draws the same global batch and keeps its slice
-    rows = shard(t.sampler.next_batch(recipe.train.prompts_per_step), acc.process_index, acc.num_processes)
-    prompt_ids = [row["prompt_ids"] for row in rows]
-
-    # 2. rollouts
-    r = recipe.rollout
-    sampling = SamplingConfig(
-        n=r.num_generations,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        top_k=r.top_k,
-        max_tokens=r.max_tokens,
-        stop=tuple(r.stop),
-        seed=_seed_for(recipe.run.seed, t.step, acc.process_index),
-    )
-    completions = t.engine.generate(prompt_ids, sampling)
+    # 1-3. prompts -> completions -> rewards (+ dynamic sampling, overlong shaping, greedy baselines)
+    groups, collect_metrics = collect(t, greedy_baseline="baseline_rewards" in needs_of(estimator))
     timer["rollout"] = time.perf_counter()
-
-    # 3. rewards
-    scores = t.scorer.score([c.text for c in completions], [rows[c.prompt_index] for c in completions])
-    timer["reward"] = time.perf_counter()
     if acc.is_main_process:
-        _print_samples(t, rows, completions, scores)
-
-    # 4. curriculum feedback: per-prompt pass rates from every process
-    offset = acc.process_index * len(rows)
-    batch = make_batch(prompt_ids, completions, scores.scores, _pad_id(t.tokenizer), group_offset=offset)
-    correct = (batch.sequence_rewards >= recipe.rewards.correct_threshold).float()  # [N]
-    stats = [
-        {"index": row["index"], "pass_rate": float(correct[batch.group_index == i + offset].mean())}
-        for i, row in enumerate(rows)
+        _print_samples(t, groups)
+    prompt_ids = [g.row["prompt_ids"] for g in groups]
+    completions = [
+        dataclasses.replace(c, prompt_index=i) for i, g in enumerate(groups) for c in g.completions
     ]
-    t.sampler.update(gather_object(stats) if acc.num_processes > 1 else stats)
+    rewards = [r for g in groups for r in g.rewards]
+    offset = acc.process_index * len(groups)
+    batch = make_batch(prompt_ids, completions, rewards, _pad_id(t.tokenizer), group_offset=offset)
+    verdicts = torch.tensor([v for g in groups for v in g.verdicts])  # [N]
+    mask = batch.response_mask  # [N, T]
 
-    # 5. advantages
-    estimator = ADVANTAGES.get(recipe.algorithm.advantage)
-    batch.advantages = estimator(
-        AdvantageInputs(
-            sequence_rewards=batch.sequence_rewards,
-            group_index=batch.group_index,
-            response_mask=batch.response_mask,
-        ),
-        **recipe.algorithm.advantage_kwargs,
+    # 4. what the plug-ins need from the policy before it changes: one no-grad pass
+    weight_entries = _token_weight_entries(recipe)
+    kl_to_reward = algo.kl_placement == "reward" and ctx.kl_coef > 0
+    kappa = _proxy_kappa(recipe, loss_fn)
+    if weight_entries or kl_to_reward or kappa is not None or "old_logprobs" in needs_of(estimator):
+        ctx.model.eval()
+        stats = behaviour_statistics(
+            ctx.model,
+            batch.to(acc.device),
+            ctx.micro_batch,
+            recipe.rollout.temperature,
+            entropy=bool(weight_entries),
+            proxy_kappa=kappa,
+        )
+        batch.old_logprobs = stats["logprobs"].cpu()
+        batch.old_entropy = stats["entropy"].cpu() if "entropy" in stats else None
+        batch.proxy_logprobs = stats["proxy_logprobs"].cpu() if kappa is not None else None
+    if ctx.kl_coef > 0:
+        batch.ref_logprobs = forward_logprobs(
+            ctx.ref_model, batch.to(acc.device), ctx.micro_batch, recipe.rollout.temperature
+        ).cpu()
+    if has_critic(ctx.model):
+        ctx.model.eval()
+        batch.old_values = forward_values(ctx.model, batch.to(acc.device), ctx.micro_batch).cpu()
+
+    # 5. advantages (a KL penalty in the reward goes in first)
+    sequence_rewards, token_rewards = batch.sequence_rewards, None
+    extra_metrics: dict[str, float] = {}
+    if kl_to_reward:
+        kl = KL_ESTIMATORS.get(algo.kl_estimator)(batch.old_logprobs, batch.ref_logprobs) * mask  # [N, T]
+        extra_metrics["actor/kl_reward_penalty"] = float(ctx.kl_coef * kl.sum(-1).mean())
+        if "token_rewards" in needs_of(estimator):
+            token_rewards = -ctx.kl_coef * kl
+        else:
+            sequence_rewards = sequence_rewards - ctx.kl_coef * kl.sum(-1)
+    inputs = AdvantageInputs(
+        sequence_rewards=sequence_rewards,
+        group_index=batch.group_index,
+        response_mask=mask,
+        token_rewards=token_rewards,
+        values=batch.old_values,
+        old_logprobs=batch.old_logprobs,
+        ref_logprobs=batch.ref_logprobs,
+        baseline_rewards=_baselines(groups),
     )
+    batch.advantages = estimator(inputs, **algo.advantage_kwargs)
+    if batch.old_values is not None:
+        batch.returns = gae_returns(inputs, **algo.advantage_kwargs)
 
-    # 6. policy update
-    update_metrics = policy_update(t.ctx, batch)
+    # 6. token selection / reweighting
+    if weight_entries:
+        weight_inputs = TokenWeightInputs(
+            response_mask=mask,
+            old_logprobs=batch.old_logprobs,
+            engine_logprobs=batch.engine_logprobs,
+            advantages=batch.advantages,
+            truncated=batch.truncated,
+            old_entropy=batch.old_entropy,
+        )
+        batch.token_weights, weight_metrics = combine_token_weights(weight_entries, weight_inputs)
+        extra_metrics.update({f"tokens/{k}": float(v) for k, v in weight_metrics.items()})
+
+    # 7. policy update
+    update_metrics = policy_update(ctx, batch)
     timer["update"] = time.perf_counter()
 
-    # 7. weight sync
+    # 8. reference reset (ProRL), weight sync
+    t.step += 1
+    every = algo.reference_reset_every
+    if every and ctx.ref_model is not None and t.step % every == 0:
+        reset_reference(acc, ctx.model, ctx.ref_model)
+        if algo.reset_optimizer_with_reference:
+            reset_optimizer_state(ctx.optimizer)
+        extra_metrics["actor/reference_reset"] = 1.0
     sync_s = sync_weights(t)
     timer["sync"] = time.perf_counter()
-    t.step += 1
 
-    return _step_metrics(t, batch, scores, update_metrics, timer, sync_s)
+    metrics = _step_metrics(t, batch, verdicts, groups, {**update_metrics, **extra_metrics}, timer, sync_s)
+    metrics.update(collect_metrics)
+
+    # 9. coefficient controllers see the step's global measurements
+    if "actor/kl" in metrics or "actor/kl_reward_penalty" in metrics:
+        measured = metrics.get(
+            "actor/kl", metrics.get("actor/kl_reward_penalty", 0.0) / max(ctx.kl_coef, 1e-12)
+        )
+        ctx.kl_coef = t.kl_controller.update(measured, n_steps=len(batch) * acc.num_processes)
+    if "actor/entropy" in metrics:
+        ctx.entropy_coef = t.entropy_controller.update(metrics["actor/entropy"])
+    return metrics
+
+
+def _baselines(groups) -> torch.Tensor | None:
+    if groups[0].baseline is None:
+        return None
+    return torch.tensor([g.baseline for g in groups for _ in g.completions], dtype=torch.float)  # [N]
 
 
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _step_metrics(t: Trainer, batch, scores, update_metrics, timer, sync_s) -> dict[str, float]:
+def _step_metrics(t: Trainer, batch, verdicts, groups, update_metrics, timer, sync_s) -> dict[str, float]:
     acc = t.accelerator
     reward_mean, reward_std, rewards = _global_mean_std(acc, batch.sequence_rewards)
     lengths = acc.gather(batch.response_mask.sum(1).to(acc.device)).float().cpu()  # [N * processes]
     truncated = acc.gather(batch.truncated.float().to(acc.device)).cpu()
-    local = {**update_metrics, **scores.metrics()}
+    all_verdicts = acc.gather(verdicts.float().to(acc.device)).cpu()
+    per_reward: dict[str, list[float]] = {}
+    for g in groups:
+        for name, values in g.per_reward.items():
+            per_reward.setdefault(name, []).extend(values)
+    local = {**update_metrics, **{f"reward/{k}/mean": sum(v) / len(v) for k, v in per_reward.items() if v}}
     keys = sorted(local)
     values = torch.tensor([local[k] for k in keys], dtype=torch.float64, device=acc.device)
     if acc.num_processes > 1:
@@ -252,13 +362,12 @@ def _step_metrics(t: Trainer, batch, scores, update_metrics, timer, sync_s) -> d
         {
             "reward/mean": reward_mean,
             "reward/std": reward_std,
-            "reward/accuracy": float((rewards >= t.recipe.rewards.correct_threshold).float().mean()),
+            "reward/accuracy": float((all_verdicts >= t.recipe.rewards.correct_threshold).float().mean()),
             "response/length_mean": float(lengths.mean()),
             "response/length_max": float(lengths.max()),
             "response/truncated_frac": float(truncated.mean()),
             "time/rollout_s": rollout_s,
-            "time/reward_s": timer["reward"] - timer["rollout"],
-            "time/update_s": timer["update"] - timer["reward"],
+            "time/update_s": timer["update"] - timer["rollout"],
             "time/sync_s": sync_s,
             "time/step_s": timer["sync"] - timer["start"],
             "perf/rollout_tokens_per_s": total_tokens / max(rollout_s, 1e-9),
@@ -270,10 +379,20 @@ def _step_metrics(t: Trainer, batch, scores, update_metrics, timer, sync_s) -> d
     return metrics
 
 
-def _print_samples(t: Trainer, rows, completions, scores) -> None:
-    for c, score in list(zip(completions, scores.scores, strict=True))[: t.recipe.run.log_samples]:
-        print(f"  sample | prompt: {rows[c.prompt_index]['prompt'][-120:]!r}", flush=True)
-        print(f"         | completion: {c.text[:200]!r} | reward {score:.3g}", flush=True)
+def _print_samples(t: Trainer, groups) -> None:
+    shown = [(g, c, r) for g in groups for c, r in zip(g.completions, g.rewards, strict=True)]
+    for g, c, reward in shown[: t.recipe.run.log_samples]:
+        print(f"  sample | prompt: {g.row['prompt'][-120:]!r}", flush=True)
+        print(f"         | completion: {c.text[:200]!r} | reward {reward:.3g}", flush=True)
+
+
+def _trainer_state(t: Trainer) -> dict:
+    """What a checkpoint needs besides the accelerate state."""
+    return {
+        "sampler": t.sampler.state_dict(),
+        "kl_controller": t.kl_controller.state_dict(),
+        "entropy_controller": t.entropy_controller.state_dict(),
+    }
 
 
 def train(recipe: Recipe) -> Path:
@@ -294,11 +413,9 @@ def train(recipe: Recipe) -> Path:
             t.log.log(t.step, metrics)
             save_every = recipe.run.save_every
             if save_every and t.step % save_every == 0 and t.step < recipe.run.steps:
-                save_checkpoint(
-                    acc, run_dir, t.step, {"sampler": t.sampler.state_dict()}, recipe.run.keep_last
-                )
+                save_checkpoint(acc, run_dir, t.step, _trainer_state(t), recipe.run.keep_last)
         if recipe.run.save_every:
-            save_checkpoint(acc, run_dir, t.step, {"sampler": t.sampler.state_dict()}, recipe.run.keep_last)
+            save_checkpoint(acc, run_dir, t.step, _trainer_state(t), recipe.run.keep_last)
         if recipe.run.save_final:
             save_final_model(acc, t.ctx.model, t.tokenizer, run_dir / "final")
     finally:

@@ -30,6 +30,11 @@ class RolloutBatch:
     advantages: torch.Tensor | None = None  # [N, T]
     old_logprobs: torch.Tensor | None = None  # [N, T] trainer logprobs before the update
     ref_logprobs: torch.Tensor | None = None  # [N, T] reference-policy logprobs
+    old_entropy: torch.Tensor | None = None  # [N, T] trainer token entropy before the update
+    proxy_logprobs: torch.Tensor | None = None  # [N, T] Lp-Reg min-p proxy logprobs of the sampled tokens
+    old_values: torch.Tensor | None = None  # [N, T] critic values before the update
+    returns: torch.Tensor | None = None  # [N, T] critic regression targets
+    token_weights: torch.Tensor | None = None  # [N, T] token reweighting / selection; 0 drops a token
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]

@@ -92,3 +92,12 @@ def test_recipe_reference_doc_is_current():
 
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/recipe_reference.py"), "--check"], cwd=ROOT)
     assert proc.returncode == 0, "docs/recipes.md is stale: run python scripts/recipe_reference.py"
+
+
+def test_exponent_floats_are_floats_in_free_form_kwargs(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-3 as a string; plug-in kwargs are not typed, so the loader must fix it
+    path = tmp_path / "r.yaml"
+    path.write_text("algorithm:\n  entropy_controller_kwargs: {target: 0.5, delta: 1e-4, max_coef: 5E-3}\n")
+    recipe = load_recipe(path, ["algorithm.policy_loss_kwargs={clip_eps_high: 2.8e-1}"], check=False)
+    assert recipe.algorithm.entropy_controller_kwargs == {"target": 0.5, "delta": 1e-4, "max_coef": 5e-3}
+    assert recipe.algorithm.policy_loss_kwargs == {"clip_eps_high": 0.28}

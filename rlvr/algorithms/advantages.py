@@ -24,6 +24,17 @@ Registered estimators (outcome advantages broadcast to every response token; ``G
 * ``batch_norm``: ``(r - mean_batch) / (std_batch + eps)`` (DLER, arXiv 2510.15110).
 * ``dgpo``: ``G * (r - mean_g) / (sum_g |r - mean_g| + eps)`` (DGAE), times the difficulty weight
   ``w_q = Q * softmax_q(-acc_q / T)`` (DQW) (DGPO, arXiv 2601.20614).
+* ``remax``: ``r_i - b_i`` with ``b_i`` the reward of the greedy response to the same prompt
+  (``baseline_rewards``; ReMax, arXiv 2310.10505).
+* ``gae`` (in :mod:`rlvr.algorithms.value`): GAE over a critic's ``values`` with the outcome reward on the
+  last token, whitened over the batch (PPO; GAE, arXiv 1506.02438).
+
+Estimators that read an optional field of :class:`AdvantageInputs` declare it with
+:func:`~rlvr.algorithms.utils.needs` (``remax``: ``baseline_rewards``; ``gae``: ``values``), so the trainer
+computes it (a greedy rollout, a critic forward) only when the configured estimator asks for it.
+``token_rewards`` is declared by the estimators that credit per-token rewards (``gae``, ``reinforce_pp``):
+with ``algorithm.kl_placement: reward`` they receive the KL penalty per token; other estimators receive
+its sum over the response in ``sequence_rewards``.
 
 Groups may be uneven, interleaved and labelled arbitrarily; statistics are computed without Python loops
 over groups (:func:`group_statistics`). The per-group estimators (``grpo``, ``dr_grpo``, ``rloo``,
@@ -38,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlvr.algorithms.utils import masked_mean, masked_var, safe_denominator
+from rlvr.algorithms.utils import masked_mean, masked_var, needs, safe_denominator
 from rlvr.registry import Registry
 
 __all__ = [
@@ -53,6 +64,7 @@ __all__ = [
     "grpo_advantages",
     "lite_ppo_advantages",
     "reinforce_pp_advantages",
+    "remax_advantages",
     "rloo_advantages",
 ]
 
@@ -75,6 +87,8 @@ class AdvantageInputs:
         values: ``[N, T]`` optional critic values (PPO with GAE).
         old_logprobs: ``[N, T]`` optional log-probabilities of the sampled tokens under the rollout policy.
         ref_logprobs: ``[N, T]`` optional log-probabilities under the frozen reference policy.
+        baseline_rewards: ``[N]`` optional reward of a baseline response to each response's prompt (ReMax:
+            the greedy response), repeated for every response of the prompt.
     """
 
     sequence_rewards: torch.Tensor  # [N]
@@ -84,6 +98,7 @@ class AdvantageInputs:
     values: torch.Tensor | None = None  # [N, T]
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]
+    baseline_rewards: torch.Tensor | None = None  # [N]
 
     def __post_init__(self) -> None:
         if self.response_mask.dim() != 2:
@@ -93,6 +108,8 @@ class AdvantageInputs:
             raise ValueError(f"sequence_rewards must be [N]={n}, got {tuple(self.sequence_rewards.shape)}")
         if tuple(self.group_index.shape) != (n,):
             raise ValueError(f"group_index must be [N]={n}, got {tuple(self.group_index.shape)}")
+        if self.baseline_rewards is not None and tuple(self.baseline_rewards.shape) != (n,):
+            raise ValueError(f"baseline_rewards must be [N]={n}, got {tuple(self.baseline_rewards.shape)}")
         if self.group_index.is_floating_point() or self.group_index.is_complex():
             raise TypeError(f"group_index must be an integer tensor, got {self.group_index.dtype}")
         for name in ("token_rewards", "values", "old_logprobs", "ref_logprobs"):
@@ -283,6 +300,7 @@ def _whiten_tokens(x: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Ten
 
 
 @ADVANTAGES.register("reinforce_pp")
+@needs("token_rewards")
 def reinforce_pp_advantages(inputs: AdvantageInputs, *, eps: float = 1e-8) -> torch.Tensor:
     """REINFORCE++-baseline (Hu et al. 2025, arXiv 2501.03262): group-mean baseline, global whitening.
 
@@ -471,3 +489,40 @@ def dgpo_advantages(
         advantages = advantages * weights[inverse]  # [N]
 
     return _broadcast_to_tokens(advantages, inputs.response_mask)  # [N, T]
+
+
+@ADVANTAGES.register("remax")
+@needs("baseline_rewards")
+def remax_advantages(inputs: AdvantageInputs) -> torch.Tensor:
+    """ReMax (Li et al. 2023, arXiv 2310.10505): REINFORCE with the greedy response's reward as baseline.
+
+    For each prompt, one extra response is decoded greedily and scored; its reward ``b_i`` is the baseline
+    of every sampled response ``i`` to that prompt::
+
+        A_i = r_i - b_i
+
+    given to every response token. The baseline needs no critic and, unlike a group mean, does not depend
+    on the sampled responses, so ReMax works with one sample per prompt. The greedy response is not trained
+    on. ``group_index`` is not used: ``baseline_rewards`` already carries the prompt's baseline per response.
+
+    Args:
+        inputs: uses ``sequence_rewards`` ``[N]``, ``baseline_rewards`` ``[N]`` (required) and
+            ``response_mask`` ``[N, T]``.
+
+    Returns:
+        ``[N, T]`` advantages, 0 where ``response_mask`` is 0.
+
+    Raises:
+        ValueError: ``inputs.baseline_rewards`` is None.
+    """
+    if inputs.baseline_rewards is None:
+        raise ValueError(
+            "the 'remax' advantage estimator needs the greedy responses' rewards: "
+            "AdvantageInputs.baseline_rewards is None"
+        )
+    dtype = torch.promote_types(
+        torch.promote_types(inputs.sequence_rewards.dtype, inputs.baseline_rewards.dtype), torch.float32
+    )
+    rewards = _float_rewards(inputs, dtype)  # [N]
+    baseline = inputs.baseline_rewards.detach().to(dtype)  # [N]
+    return _broadcast_to_tokens(rewards - baseline, inputs.response_mask)  # [N, T]

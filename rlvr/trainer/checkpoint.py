@@ -15,6 +15,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from rlvr.trainer.critic import policy_of
+
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -61,10 +63,14 @@ def load_latest(accelerator: Accelerator, output_dir: str | Path) -> dict | None
 
 
 def save_final_model(accelerator: Accelerator, model, tokenizer, out_dir: str | Path) -> None:
-    """The trained policy as a plain HF folder (ZeRO-3 weights are gathered by accelerate)."""
+    """The trained policy as a plain HF folder (ZeRO-3 weights are gathered by accelerate); a critic
+    trained next to it is left out (it is in the step checkpoints)."""
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
+        policy = policy_of(unwrapped)
+        if policy is not unwrapped:
+            state_dict = {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
+        policy.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(str(out_dir))
     accelerator.wait_for_everyone()

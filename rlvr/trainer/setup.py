@@ -19,6 +19,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from transformers import AutoModelForCausalLM
 
 from rlvr.config import Recipe
+from rlvr.trainer.critic import PolicyWithCritic, load_critic, policy_of
 
 
 def _on_cpu() -> bool:
@@ -79,7 +80,8 @@ def unpartitioned() -> Iterator[None]:
         hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
-def load_policy(path: str, recipe: Recipe) -> torch.nn.Module:
+def load_policy(path: str, recipe: Recipe, critic_path: str | None = None) -> torch.nn.Module:
+    """The policy; with ``critic_path``, a :class:`PolicyWithCritic` holding it and a critic from there."""
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=getattr(torch, recipe.model.dtype),
@@ -88,7 +90,12 @@ def load_policy(path: str, recipe: Recipe) -> torch.nn.Module:
     model.config.use_cache = False
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
+    if critic_path is None:
+        return model
+    critic = load_critic(critic_path, getattr(torch, recipe.model.dtype))
+    if recipe.model.gradient_checkpointing:
+        critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return PolicyWithCritic(model, critic)
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> tuple[torch.optim.Optimizer, object]:
@@ -98,12 +105,11 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> tuple[torch.optim.
     which would step it once per process.
     """
     t = recipe.train
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=t.lr,
-        betas=t.adam_betas,
-        weight_decay=t.weight_decay,
-    )
+    groups = [{"params": [p for p in policy_of(model).parameters() if p.requires_grad], "lr": t.lr}]
+    if isinstance(model, PolicyWithCritic):
+        critic_lr = recipe.algorithm.critic.lr or t.lr
+        groups.append({"params": [p for p in model.critic.parameters() if p.requires_grad], "lr": critic_lr})
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
     warmup = t.warmup_steps
 
     def factor(step: int) -> float:
@@ -128,6 +134,42 @@ def make_reference(accelerator: Accelerator, policy_path: str, recipe: Recipe) -
         ref.eval()
         return ref
     return ref.to(accelerator.device)
+
+
+@torch.no_grad()
+def reset_reference(accelerator: Accelerator, model: torch.nn.Module, ref: torch.nn.Module) -> None:
+    """Copy the current policy weights into the reference model (ProRL's hard reset, arXiv 2505.24864)."""
+    policy = policy_of(accelerator.unwrap_model(model))
+    reference = ref.module if hasattr(ref, "module") else ref
+    pairs = list(zip(policy.parameters(), reference.parameters(), strict=True))
+    if zero_stage(accelerator) == 3:
+        import deepspeed
+
+        for p, r in pairs:  # one tensor at a time: never the whole model gathered
+            with deepspeed.zero.GatheredParameters([p, r], modifier_rank=0):
+                if accelerator.is_main_process:
+                    r.copy_(p)
+    else:
+        for p, r in pairs:
+            r.copy_(p.to(r.device, r.dtype))
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
+    """Zero every state tensor the optimizer holds (Adam moments and step counters, so bias correction
+    starts over as for a fresh optimizer); ZeRO keeps them in its inner optimizer. Returns the number of
+    tensors cleared."""
+    cleared: set[int] = set()
+    seen: set[int] = set()
+    inner = optimizer
+    while inner is not None and id(inner) not in seen:  # wrappers (accelerate, ZeRO) share the inner state
+        seen.add(id(inner))
+        for state in getattr(inner, "state", {}).values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and id(value) not in cleared:
+                    value.zero_()
+                    cleared.add(id(value))
+        inner = getattr(inner, "optimizer", None)
+    return len(cleared)
 
 
 def lr_of(optimizer: torch.optim.Optimizer) -> float:

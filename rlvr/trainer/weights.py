@@ -8,17 +8,19 @@ from collections.abc import Iterator
 import torch
 from accelerate import Accelerator
 
+from rlvr.trainer.critic import policy_of
 from rlvr.trainer.setup import zero_stage
 
 
 @contextlib.contextmanager
 def gathered_parameters(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Yield the unwrapped model with full parameters; under ZeRO-3 they are all-gathered first.
+    """Yield the unwrapped policy (without a critic) with full parameters; under ZeRO-3 they are
+    all-gathered first.
 
     Every process takes part in the gather and receives the full tensors (``modifier_rank=None``),
     because every process owns a rollout engine.
     """
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = policy_of(accelerator.unwrap_model(model))
     if zero_stage(accelerator) == 3:
         import deepspeed
 

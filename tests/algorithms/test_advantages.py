@@ -587,3 +587,50 @@ def test_new_estimators_match_loops(seed: int) -> None:
     check(reinforce_pp_advantages(inputs), _loop_reinforce_pp(inputs, 1e-8))
     with_tokens = _random_batch(seed, with_token_rewards=True)
     check(reinforce_pp_advantages(with_tokens), _loop_reinforce_pp(with_tokens, 1e-8))
+
+
+# --- ReMax -----------------------------------------------------------------------------------------------
+
+
+def test_remax_by_hand() -> None:
+    from rlvr.algorithms import remax_advantages
+    from rlvr.algorithms.utils import needs_of
+
+    assert ADVANTAGES.get("remax") is remax_advantages
+    assert needs_of(remax_advantages) == frozenset({"baseline_rewards"})
+    # prompt 0: greedy reward 1 -> samples [1, 0] get [1 - 1, 0 - 1] = [0, -1]
+    # prompt 1: greedy reward 0 -> samples [1, 0.5] get [1, 0.5] (a singleton group still gets a signal)
+    # prompt 2: greedy reward 0.25 -> sample [0] gets -0.25
+    inputs = AdvantageInputs(
+        sequence_rewards=torch.tensor([1.0, 0.0, 1.0, 0.5, 0.0]),
+        group_index=torch.tensor([0, 0, 1, 1, 2]),
+        response_mask=torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 1]]),
+        baseline_rewards=torch.tensor([1.0, 1.0, 0.0, 0.0, 0.25]),
+    )
+    a = remax_advantages(inputs)
+    expected = torch.tensor(
+        [[0.0, 0.0, 0.0], [-1.0, -1.0, -1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [-0.25, -0.25, -0.25]]
+    )
+    torch.testing.assert_close(a, expected, atol=0, rtol=0)
+    assert a.dtype == torch.float32
+
+
+def test_remax_needs_baseline_rewards() -> None:
+    remax = ADVANTAGES.get("remax")
+    with pytest.raises(ValueError, match="baseline_rewards"):
+        remax(_inputs([1, 0], [0, 0], [2, 2]))
+    with pytest.raises(ValueError, match=r"baseline_rewards must be \[N\]=2"):
+        AdvantageInputs(
+            sequence_rewards=torch.tensor([1.0, 0.0]),
+            group_index=torch.tensor([0, 0]),
+            response_mask=torch.ones(2, 3),
+            baseline_rewards=torch.tensor([1.0]),
+        )
+    # integer rewards and a bool mask give float advantages
+    inputs = AdvantageInputs(
+        sequence_rewards=torch.tensor([1, 0]),
+        group_index=torch.tensor([0, 0]),
+        response_mask=torch.tensor([[True, False], [True, True]]),
+        baseline_rewards=torch.tensor([1, 1]),
+    )
+    torch.testing.assert_close(remax(inputs), torch.tensor([[0.0, 0.0], [-1.0, -1.0]]))

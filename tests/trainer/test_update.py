@@ -61,6 +61,19 @@ def reference_delta(
     return {n: -lr * p.grad for n, p in model.named_parameters()}
 
 
+def sgd_update(model, recipe: Recipe, batch: RolloutBatch, lr: float, micro: int):
+    """Prepare ``model`` with plain SGD and run :func:`policy_update` on ``batch`` (8 rows); returns the
+    prepared model and the update's metrics."""
+    accelerator = Accelerator(gradient_accumulation_steps=8 // micro)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    ctx = UpdateContext(
+        accelerator, model, optimizer, scheduler, recipe, micro_batch=micro, grad_accum=8 // micro
+    )
+    return model, policy_update(ctx, batch)
+
+
 CASES = [(mode, micro, 0.0) for mode in LOSS_AGGREGATIONS for micro in (2, 8)] + [("token-mean", 2, 0.1)]
 
 
@@ -81,17 +94,40 @@ def test_micro_batched_update_equals_full_batch_gradient(tiny_dir, mode, micro, 
     expected = reference_delta(model, batch, mode, lr, entropy_coef)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    accelerator = Accelerator(gradient_accumulation_steps=8 // micro)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    ctx = UpdateContext(
-        accelerator, model, optimizer, scheduler, recipe, micro_batch=micro, grad_accum=8 // micro
-    )
-    metrics = policy_update(ctx, batch)
+    model, metrics = sgd_update(model, recipe, batch, lr, micro)
 
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.detach() - before[name], expected[name], atol=1e-6, rtol=1e-4)
     assert metrics["actor/ratio_mean"] == pytest.approx(1.0)  # on-policy: the ratio is exactly one
     assert metrics["actor/clip_frac"] == 0.0
     assert metrics["actor/grad_norm"] > 0
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_token_weights_scale_tokens_and_zero_weights_leave_the_counts(tiny_dir, mode):
+    """Weighted update == gradient of aggregate(loss * w) over the tokens whose weight is not 0."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    recipe = Recipe.model_validate(
+        {"algorithm": {"loss_agg": mode}, "rollout": {"max_tokens": 8}, "train": {"max_grad_norm": 1e9}}
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    batch = random_batch()
+    g = torch.Generator().manual_seed(1)
+    weights = torch.rand(batch.response_mask.shape, generator=g) * 2  # [N, T] in [0, 2)
+    weights[weights < 0.6] = 0.0  # about 30% of the tokens dropped
+    weights[3] = 0.0  # one sequence dropped entirely: it must not count in seq-mean
+    batch.token_weights = weights * batch.response_mask
+    lr = 0.5
+
+    reference = copy.deepcopy(model)
+    logprobs, _ = response_logprobs(reference, batch)
+    per_token, _ = ppo_clip_loss(logprobs, logprobs.detach(), batch.advantages, batch.response_mask)
+    kept = batch.response_mask * (batch.token_weights != 0)
+    aggregate(per_token * batch.token_weights, kept, mode).backward()
+    expected = {n: -lr * p.grad for n, p in reference.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    model, _ = sgd_update(model, recipe, batch, lr, micro=2)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.detach() - before[name], expected[name], atol=1e-6, rtol=1e-4)

@@ -1,0 +1,185 @@
+"""Rollout collection for one RL step: prompts -> G scored completions each, with DAPO's dynamic sampling.
+
+Every process draws the same global prompt batch from the sampler and keeps its slice (:func:`shard`), so
+sampler state stays identical everywhere. Without dynamic sampling that is one round. With it
+(``algorithm.dynamic_sampling``, DAPO arXiv 2503.14476), groups whose rewards are all equal are dropped and
+further rounds are drawn until every process has its share of informative groups, or ``max_rounds`` is
+reached; a process that is short then fills its batch with dropped groups (their group-relative advantage
+is 0), so every process trains on the same number of sequences, as ZeRO's fixed batch layout requires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+
+from rlvr.algorithms import informative_groups, soft_overlong_penalty
+from rlvr.data import shard
+from rlvr.rollout import Completion, SamplingConfig
+
+
+@dataclass
+class Group:
+    """One prompt and its G scored completions."""
+
+    row: dict[str, Any]
+    completions: list[Completion]
+    rewards: list[float]
+    """Training rewards: the verifiers' weighted score plus reward shaping (overlong punishment)."""
+    verdicts: list[float]
+    """The verifiers' weighted score alone (accuracy, curriculum pass rates)."""
+    per_reward: dict[str, list[float]] = field(default_factory=dict)
+    baseline: float | None = None
+    """Reward of the greedy completion of the same prompt (ReMax), when an estimator needs it."""
+
+
+def seed_for(*parts: int) -> int:
+    """A 31-bit seed derived from integers (stable across processes and runs)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def sampling_config(recipe, seed: int, step: int) -> SamplingConfig:
+    r = recipe.rollout
+    return SamplingConfig(
+        n=r.num_generations,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        max_tokens=r.max_tokens,
+        stop=tuple(r.stop),
+        seed=seed,
+    )
+
+
+def generate_groups(
+    t, rows: list[dict], seed: int, step: int, greedy_baseline: bool, timer: dict[str, float]
+) -> tuple[list[Group], int]:
+    """Generate and score G completions for each of ``rows``; returns the groups and verifier failures.
+
+    ``timer["reward_s"]`` accumulates the seconds spent in the verifiers.
+    """
+    recipe = t.recipe
+    sampling = sampling_config(recipe, seed, step)
+    completions = t.engine.generate([row["prompt_ids"] for row in rows], sampling)
+    start = time.perf_counter()
+    scores = t.scorer.score([c.text for c in completions], [rows[c.prompt_index] for c in completions])
+    timer["reward_s"] += time.perf_counter() - start
+    failures = scores.failures
+    rewards = list(scores.scores)
+    overlong = recipe.algorithm.overlong
+    if overlong.buffer_len:
+        lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float)
+        penalty = soft_overlong_penalty(
+            lengths,
+            max_len=recipe.rollout.max_tokens,
+            buffer_len=overlong.buffer_len,
+            penalty=overlong.penalty,
+        )
+        rewards = [r + float(p) for r, p in zip(rewards, penalty, strict=True)]
+    baselines: list[float | None] = [None] * len(rows)
+    if greedy_baseline:
+        greedy = dataclasses.replace(sampling, n=1, temperature=0.0, seed=None)
+        best = t.engine.generate([row["prompt_ids"] for row in rows], greedy)
+        start = time.perf_counter()
+        greedy_scores = t.scorer.score([c.text for c in best], [rows[c.prompt_index] for c in best])
+        timer["reward_s"] += time.perf_counter() - start
+        failures += greedy_scores.failures
+        for c, score in zip(best, greedy_scores.scores, strict=True):
+            baselines[c.prompt_index] = float(score)
+    groups = [
+        Group(row=row, completions=[], rewards=[], verdicts=[], baseline=baselines[i])
+        for i, row in enumerate(rows)
+    ]
+    for i, c in enumerate(completions):
+        g = groups[c.prompt_index]
+        g.completions.append(c)
+        g.rewards.append(rewards[i])
+        g.verdicts.append(float(scores.scores[i]))
+        for name, values in scores.per_reward.items():
+            g.per_reward.setdefault(name, []).append(values[i])
+    return groups, failures
+
+
+def _global_max(acc, value: int) -> int:
+    if acc.num_processes == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.long, device=acc.device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def _global_sum(acc, values: list[float]) -> list[float]:
+    if acc.num_processes == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=acc.device)
+    return acc.reduce(tensor, reduction="sum").cpu().tolist()
+
+
+def collect(t, greedy_baseline: bool = False) -> tuple[list[Group], dict[str, float]]:
+    """This process's groups for the current step and the collection metrics (identical on every process)."""
+    recipe, acc = t.recipe, t.accelerator
+    ds = recipe.algorithm.dynamic_sampling
+    quota = t.layout["prompts"]  # groups per process
+    per_round = recipe.train.prompts_per_step
+    if ds.enabled:
+        per_round = math.ceil(per_round * ds.oversample / acc.num_processes) * acc.num_processes
+    kept: list[Group] = []
+    dropped: list[Group] = []
+    failures = rounds = 0
+    timer = {"reward_s": 0.0}
+    while True:
+        rows = shard(t.sampler.next_batch(per_round), acc.process_index, acc.num_processes)
+        generated: list[Group] = []
+        if len(kept) < quota:
+            seed = seed_for(recipe.run.seed, t.step, acc.process_index, rounds)
+            generated, round_failures = generate_groups(t, rows, seed, t.step, greedy_baseline, timer)
+            failures += round_failures
+        rounds += 1
+        _update_sampler(t, recipe, generated)
+        if not ds.enabled:
+            kept = generated
+            break
+        for g in generated:
+            keep = informative_groups(
+                torch.tensor(g.rewards), torch.zeros(len(g.rewards), dtype=torch.long), eps=ds.eps
+            )
+            (kept if bool(keep.all()) else dropped).append(g)
+        if _global_max(acc, quota - len(kept)) <= 0 or rounds >= ds.max_rounds:
+            break
+    kept = kept[:quota]
+    filled = max(0, quota - len(kept))
+    kept += dropped[:filled]
+    if len(kept) < quota:
+        raise RuntimeError(f"collected {len(kept)} groups, need {quota}")  # cannot happen: round 1 fills
+    totals = _global_sum(acc, [float(failures), float(len(dropped)), float(filled)])
+    metrics = {"reward/failures": totals[0], "time/reward_s": timer["reward_s"]}
+    if ds.enabled:
+        metrics.update(
+            {
+                "dynamic_sampling/rounds": float(rounds),
+                "dynamic_sampling/dropped_groups": totals[1],
+                "dynamic_sampling/filled_groups": totals[2],
+            }
+        )
+    return kept, metrics
+
+
+def _update_sampler(t, recipe, groups: list[Group]) -> None:
+    """Curriculum feedback: per-prompt pass rates of this round from every process."""
+    threshold = recipe.rewards.correct_threshold
+    stats = [
+        {
+            "index": g.row["index"],
+            "pass_rate": sum(v >= threshold for v in g.verdicts) / max(len(g.verdicts), 1),
+        }
+        for g in groups
+    ]
+    t.sampler.update(gather_object(stats) if t.accelerator.num_processes > 1 else stats)
