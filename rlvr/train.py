@@ -125,6 +125,7 @@ def build(recipe: Recipe) -> Trainer:
         kv_cache_gb=r.kv_cache_gb,
         enforce_eager=r.enforce_eager,
         device=str(accelerator.device),
+        temperature_schedule=r.ead is not None,
     )
     with unpartitioned():
         engine = ENGINES.get(r.engine)(model_path, options)

@@ -118,6 +118,17 @@ PLUGINS = {
             and all(r["tokens/tis/ratio_max"] < 1.01 for r in rows)
         ),  # hf engine and trainer agree in fp32
     ),
+    "ead_with_tis": (
+        [
+            "rollout.ead={tau_max: 1.5, tau_min: 0.3, warmup_tokens: 1, d0: 4, scale: 1}",
+            "algorithm.token_weights=[{name: tis, kwargs: {cap: 2.0}}]",
+        ],
+        # tokens sampled at tau_t != 1: engine and trainer (tau = 1) disagree, and TIS sees it
+        lambda rows: (
+            all(r["tokens/tis/ratio_max"] > 1.05 for r in rows)
+            and all(r["actor/engine_logprob_gap"] > 0.05 for r in rows)
+        ),
+    ),
     "adaptive_entropy": (
         [
             "algorithm.entropy_controller=adaptive",

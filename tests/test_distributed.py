@@ -39,6 +39,40 @@ def test_two_process_zero_update_keeps_ranks_identical(tmp_path, stage):
 
 
 @pytest.mark.distributed
+def test_two_process_zero3_ppo_with_critic_dynamic_sampling_and_reference_reset(tmp_path):
+    """The plug-ins that add models and collectives: a critic inside the ZeRO-3 engine, the KL penalty in
+    the reward, ProRL's reset of a partitioned reference, dynamic sampling's global stopping rule."""
+    out = tmp_path / "dump"
+    launch(
+        "recipes/accelerate/zero3.yaml",
+        out,
+        "rollout.engine=hf",
+        "run.steps=2",
+        f"run.output_dir={tmp_path / 'run'}",
+        "train.micro_batch_size=8",
+        "algorithm.advantage=gae",
+        "algorithm.critic.lr=1e-3",
+        "algorithm.kl_coef=0.1",
+        "algorithm.kl_estimator=k1",
+        "algorithm.kl_placement=reward",
+        "algorithm.reference_reset_every=1",
+        "algorithm.dynamic_sampling.enabled=true",
+        "algorithm.dynamic_sampling.oversample=2.0",
+        "algorithm.token_weights=[{name: tis}]",
+    )
+    ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+    assert ranks[0]["after"] == ranks[1]["after"]
+    assert ranks[0]["after"] != ranks[0]["before"]
+    first, second = ranks[0]["steps"]
+    assert first["critic/value_mean"] == 0.0 and second["critic/value_mean"] != 0.0  # the critic trains
+    assert first["actor/reference_reset"] == 1.0
+    # the reference was reset to the policy after step 1, so step 2 starts with no KL in its reward
+    assert second["actor/kl_reward_penalty"] == pytest.approx(0.0, abs=1e-6)
+    for key in ("dynamic_sampling/rounds", "dynamic_sampling/dropped_groups", "reward/mean"):
+        assert ranks[0]["steps"][-1][key] == ranks[1]["steps"][-1][key]
+
+
+@pytest.mark.distributed
 def test_zero3_training_run_checkpoints_resumes_and_saves_hf_model(tmp_path):
     """The real entry point under ZeRO-3: sharded checkpoints, resume, and a gathered HF final model."""
     run_dir = tmp_path / "run"

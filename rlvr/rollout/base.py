@@ -3,7 +3,8 @@
 Engines are registered in :data:`ENGINES` by name (``vllm``, ``hf``) and built by
 ``ENGINES.get(name)(model_path, options)``. Both return, for every sample, the generated token ids, the
 log-probability of each sampled token under the *sampling* distribution (after temperature / top-p /
-top-k), and why generation stopped.
+top-k), and why generation stopped. With an EAD temperature schedule (:mod:`rlvr.rollout.ead`) that
+distribution is ``softmax(logits / τ_t)`` at the t-th generated token.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol
 import torch
 
 from rlvr.registry import Registry
+from rlvr.rollout.ead import EADSchedule
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,18 @@ class SamplingConfig:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     """Base seed; prompt i of a call uses seed + i, so a call is reproducible on the same weights."""
+    temperature_schedule: EADSchedule | None = None
+    """Per-token temperature τ_t (Exploratory Annealed Decoding, :mod:`rlvr.rollout.ead`). When set, τ_t IS
+    the sampling temperature of the t-th generated token (1.0 during its warm-up), applied before
+    top-p / top-k, and the reported logprobs are under it; ``temperature`` must then be 1.0 (nothing
+    multiplies τ_t). The vLLM engine must be built with ``EngineOptions(temperature_schedule=True)``."""
+
+    def __post_init__(self) -> None:
+        if self.temperature_schedule is not None and self.temperature != 1.0:
+            raise ValueError(
+                "temperature_schedule replaces temperature: leave temperature at 1.0 "
+                f"(got {self.temperature}); scale the schedule's tau_max / tau_min instead"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -60,7 +74,12 @@ class EngineOptions:
     kv_cache_gb: float = 1.0
     enforce_eager: bool = True
     device: str = "cpu"
+    temperature_schedule: bool = False
+    """vLLM: install the per-token temperature logits processor (:mod:`rlvr.rollout.vllm_ead`) so that
+    ``SamplingConfig.temperature_schedule`` can be used. Off by default: an engine without it starts and
+    samples exactly as before. The transformers engine always supports schedules and ignores this."""
     extra: dict = field(default_factory=dict)
+    """Passed to the engine's constructor as is (vLLM: ``LLM(**extra)``; hf: ``batch_size``)."""
 
 
 class RolloutEngine(Protocol):

@@ -2,6 +2,9 @@
 
 Used to cross-check vLLM (greedy outputs must agree for the same weights) and in tests where starting a
 vLLM engine would dominate the run time. It keeps its own copy of the weights on the trainer's device.
+An EAD temperature schedule is a transformers logits processor (:class:`EADTemperature`); ``generate``
+runs custom processors before its temperature / top-k / top-p warpers and returns the processed scores,
+so the reported logprobs are ``log_softmax(top_k_top_p(logits / τ_t))``, as in the vLLM engine.
 """
 
 from __future__ import annotations
@@ -9,9 +12,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from rlvr.rollout.base import ENGINES, Completion, EngineOptions, SamplingConfig
+from rlvr.rollout.ead import EADSchedule
+
+
+class EADTemperature(LogitsProcessor):
+    """Divides the scores of the t-th generated token by the schedule's τ_t (every row is at the same t)."""
+
+    def __init__(self, schedule: EADSchedule, prompt_width: int) -> None:
+        self.schedule = schedule
+        self.prompt_width = prompt_width
+        """Width of the left-padded prompt block: the number of generated tokens is the rest."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores / self.schedule.temperature(input_ids.shape[1] - self.prompt_width)
 
 
 @ENGINES.register("hf")
@@ -58,6 +74,10 @@ class HFEngine:
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 top_k=sampling.top_k if sampling.top_k > 0 else None,
+            )
+        if sampling.temperature_schedule is not None:
+            generator_kwargs["logits_processor"] = LogitsProcessorList(
+                [EADTemperature(sampling.temperature_schedule, prompt_width=width)]
             )
         if seed is not None:
             torch.manual_seed(seed)

