@@ -274,6 +274,9 @@ class TrainConfig(_Section):
     """Optimizer steps per RL step per epoch (the rollout batch is split into this many mini-batches)."""
     epochs: int = Field(1, ge=1)
     """Passes over the rollout batch (PPO epochs)."""
+    shuffle_mini_batches: bool = True
+    """With several mini-batches or epochs, deal each process's prompt groups into mini-batches in a new
+    random order every epoch (groups stay whole)."""
     micro_batch_size: int = Field(8, ge=1)
     """Sequences per forward/backward on each process (gradient accumulation covers the rest)."""
     lr: float = Field(1e-6, gt=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,3 +38,20 @@ def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def undocumented(keys) -> list[str]:
+    """Metric names missing from docs/metrics.md (``<name>`` there matches any one path segment)."""
+    table = [
+        line.split("|")[1]
+        for line in (ROOT / "docs/metrics.md").read_text().splitlines()
+        if line.startswith("| `")
+    ]
+    patterns = [
+        re.compile(
+            "^" + re.sub(r"<[a-z]+>", "[^/]+", re.escape(name).replace("\\<", "<").replace("\\>", ">")) + "$"
+        )
+        for cell in table
+        for name in re.findall(r"`([^`]+)`", cell)
+    ]
+    return sorted(k for k in keys if not any(p.match(k) for p in patterns))

@@ -8,7 +8,7 @@ import math
 import sys
 
 import pytest
-from launch import TINY_RECIPE, metrics, run
+from launch import TINY_RECIPE, metrics, run, undocumented
 
 FAMILIES = [
     ("grpo", "grpo", "token-mean"),
@@ -43,6 +43,7 @@ def test_family_trains_through_the_loop(tmp_path, advantage, loss, agg):
         assert row["actor/grad_norm"] > 0
     # after the first optimizer step the ratio is no longer exactly one
     assert rows[-1]["actor/ratio_max"] != 1.0
+    assert not undocumented(set().union(*rows)), "add these metrics to docs/metrics.md"
 
 
 # Plug-ins that need more than the default inputs (a critic, a reference, a pre-update forward pass, a
@@ -154,3 +155,4 @@ def test_plugin_runs_through_the_loop(tmp_path, name):
         assert all(math.isfinite(v) for v in row.values()), row
         assert row["actor/grad_norm"] > 0
     assert check(rows), rows
+    assert not undocumented(set().union(*rows)), "add these metrics to docs/metrics.md"

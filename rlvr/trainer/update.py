@@ -77,6 +77,14 @@ def _global_sum(accelerator: Accelerator, value: float) -> float:
     return float(accelerator.reduce(t, reduction="sum").item()) if accelerator.num_processes > 1 else value
 
 
+def group_permutation(group_index: torch.Tensor) -> torch.Tensor:
+    """A row order that shuffles the runs of equal ``group_index`` (the prompt groups, from the global torch
+    RNG) and keeps each group's rows together and in order."""
+    _, run = torch.unique_consecutive(group_index.cpu(), return_inverse=True)  # [N] run id of each row
+    new_position = torch.randperm(int(run.max()) + 1)  # [G]
+    return torch.sort(new_position[run], stable=True).indices.to(group_index.device)  # [N]
+
+
 def loss_mask(batch: RolloutBatch) -> torch.Tensor:
     """``[N, T]`` tokens that enter the loss: response tokens whose token weight (if any) is not 0."""
     if batch.token_weights is None:
@@ -112,8 +120,11 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
     sums: dict[str, float] = defaultdict(float)
     weights: dict[str, float] = defaultdict(float)
     for _epoch in range(train.epochs):
+        epoch_batch = batch
+        if train.shuffle_mini_batches and (train.num_mini_batches > 1 or train.epochs > 1):
+            epoch_batch = batch.select(group_permutation(batch.group_index))
         for start in range(0, len(batch), mini):
-            mini_batch = batch.select(slice(start, start + mini))
+            mini_batch = epoch_batch.select(slice(start, start + mini))
             kept = loss_mask(mini_batch)  # [mini, T]
             num_tokens = _global_sum(acc, float(kept.sum()))
             num_seqs = _global_sum(acc, float((kept.sum(-1) > 0).sum()))

@@ -402,3 +402,23 @@ def test_combine_zeroes_padding_of_custom_entries() -> None:
     w, metrics = combine_token_weights([(ones, {})], _inputs([1, 2], 2))
     torch.testing.assert_close(w, torch.tensor([[3.0, 0.0], [3.0, 3.0]]))
     torch.testing.assert_close(metrics["weight_mean"], torch.tensor(3.0))
+
+
+def test_forking_tokens_gradient_flows_only_through_the_selected_tokens() -> None:
+    """The paper's point (arXiv 2506.01939) is the gradient: only high-entropy tokens are trained on.
+
+    Two responses of 3 and 2 tokens, entropies [0.1, 2.0, 0.5] and [1.5, 0.2]; top_q = 0.4 of 5 valid tokens
+    -> k = 2: the tokens with entropy 2.0 and 1.5. On-policy PPO loss -A * ratio with A = +1 and -2, then
+    token-mean over the 2 kept tokens: d loss / d logprob = -A / 2 on a kept token, 0 elsewhere:
+    token (0, 1): -(+1) / 2 = -0.5; token (1, 0): -(-2) / 2 = +1.0.
+    """
+    from rlvr.algorithms import aggregate, ppo_clip_loss
+
+    inputs = _inputs([3, 2], 3, entropy=[[0.1, 2.0, 0.5], [1.5, 0.2, 9.9]])  # 9.9 sits on padding
+    weights, _ = forking_tokens(inputs, top_q=0.4)
+    logprobs = torch.full((2, 3), -1.0, requires_grad=True)
+    advantages = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, 0.0]])
+    per_token, _ = ppo_clip_loss(logprobs, logprobs.detach(), advantages, inputs.response_mask)
+    kept = inputs.response_mask * (weights != 0)
+    aggregate(per_token * weights, kept, "token-mean").backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[0.0, -0.5, 0.0], [1.0, 0.0, 0.0]]))

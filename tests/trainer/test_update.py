@@ -131,3 +131,19 @@ def test_token_weights_scale_tokens_and_zero_weights_leave_the_counts(tiny_dir, 
     model, _ = sgd_update(model, recipe, batch, lr, micro=2)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.detach() - before[name], expected[name], atol=1e-6, rtol=1e-4)
+
+
+def test_group_permutation_shuffles_whole_groups():
+    from rlvr.trainer.update import group_permutation
+
+    torch.manual_seed(0)
+    groups = torch.tensor([5, 5, 5, 2, 2, 2, 9, 9, 9, 7, 7, 7])
+    orders = set()
+    for _ in range(20):
+        perm = group_permutation(groups)
+        assert sorted(perm.tolist()) == list(range(12))
+        shuffled = groups[perm].view(4, 3)
+        assert (shuffled == shuffled[:, :1]).all()  # each group's rows stay together...
+        assert all((perm.view(4, 3).diff(dim=1) == 1).all(dim=1))  # ...in their original order
+        orders.add(tuple(shuffled[:, 0].tolist()))
+    assert len(orders) > 5  # and the group order changes
