@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -165,6 +165,17 @@ class RewardConfig(_Section):
     weight: float = 1.0
     kwargs: dict[str, Any] = {}
     """Keyword arguments passed to the verifier."""
+    route: dict[str, list[Any]] | None = None
+    """Apply this reward only to rows whose column holds one of the values, e.g. {task: [code]} (math rows
+    to the math verifier, code rows to the code verifier); other rows get no term from it. A single value
+    may be written without the list."""
+
+    @field_validator("route", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v if isinstance(v, list) else [v] for k, v in value.items()}
+        return value
 
 
 class RewardsConfig(_Section):

@@ -87,6 +87,14 @@ class RewardSpec:
     name: str
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    route: dict[str, list[Any]] | None = None
+    """Score only rows whose column ``key`` holds one of the listed values (e.g. ``{"task": ["code"]}``);
+    other rows get no term from this reward. None: every row."""
+
+    def applies_to(self, example: dict) -> bool:
+        if self.route is None:
+            return True
+        return all(example.get(column) in values for column, values in self.route.items())
 
 
 def verifier(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -573,18 +581,23 @@ class ScoreBatch:
     """Scores of one batch.
 
     ``scores[i]`` is the weighted sum over rewards for sample ``i``; ``per_reward[name][i]`` is each
-    reward's raw score (``failure_score`` where it failed); ``infos[i][name]`` is the info dict that reward
+    reward's raw score (``failure_score`` where it failed, None where the reward's ``route`` excludes the
+    row); ``infos[i][name]`` is the info dict that reward
     returned for sample ``i`` (``{"error": reason}`` on failure); ``failures`` counts failed verifier calls.
     """
 
     scores: list[float]
-    per_reward: dict[str, list[float]]
+    per_reward: dict[str, list[float | None]]
     infos: list[dict[str, dict[str, Any]]]
     failures: int = 0
 
     def metrics(self) -> dict[str, float]:
         """``reward/<name>/mean`` for every reward (when the batch is not empty) and ``reward/failures``."""
-        out = {f"reward/{name}/mean": sum(v) / len(v) for name, v in self.per_reward.items() if v}
+        out = {}
+        for name, values in self.per_reward.items():
+            scored = [v for v in values if v is not None]
+            if scored:
+                out[f"reward/{name}/mean"] = sum(scored) / len(scored)
         out["reward/failures"] = float(self.failures)
         return out
 
@@ -632,8 +645,13 @@ class Scorer:
         """Score ``completions[i]`` against ``examples[i]`` with every reward."""
         if len(completions) != len(examples):
             raise ValueError(f"got {len(completions)} completions but {len(examples)} examples")
-        n_rewards = len(self.specs)
-        tasks = [(j, c, ex) for c, ex in zip(completions, examples, strict=True) for j in range(n_rewards)]
+        pairs = [
+            (i, j)
+            for i, ex in enumerate(examples)
+            for j, spec in enumerate(self.specs)
+            if spec.applies_to(ex)
+        ]
+        tasks = [(j, completions[i], examples[i]) for i, j in pairs]
         with self._lock:
             if self._pool is not None:
                 outcomes = self._pool.run(tasks)
@@ -641,22 +659,20 @@ class Scorer:
                 outcomes = [call_verifier(self._fns[j], c, ex, self._kwargs[j]) for j, c, ex in tasks]
             else:
                 raise RuntimeError("Scorer is closed")
-        return self._assemble(len(completions), outcomes)
+        return self._assemble(len(completions), pairs, outcomes)
 
-    def _assemble(self, n: int, outcomes: list[Outcome]) -> ScoreBatch:
-        n_rewards = len(self.specs)
-        per_reward: dict[str, list[float]] = {name: [] for name in self.names}
+    def _assemble(self, n: int, pairs: list[tuple[int, int]], outcomes: list[Outcome]) -> ScoreBatch:
+        per_reward: dict[str, list[float | None]] = {name: [None] * n for name in self.names}
         infos: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
         scores = [0.0] * n
         failures = 0
-        for t, (score, info, error) in enumerate(outcomes):
-            i, j = divmod(t, n_rewards)
+        for (i, j), (score, info, error) in zip(pairs, outcomes, strict=True):
             name = self.names[j]
             if error is not None or score is None:
                 failures += 1
                 score, info = self.failure_score, {"error": error or "no score"}
                 self._warn_once(name, info["error"])
-            per_reward[name].append(score)
+            per_reward[name][i] = score
             infos[i][name] = dict(info)
             scores[i] += self._weights[j] * score
         return ScoreBatch(scores=scores, per_reward=per_reward, infos=infos, failures=failures)

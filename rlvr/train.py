@@ -131,7 +131,7 @@ def build(recipe: Recipe) -> Trainer:
         engine = ENGINES.get(r.engine)(model_path, options)
     base_dir = Path(recipe.source).resolve().parent if recipe.source else None
     scorer = Scorer(
-        [RewardSpec(v.name, v.weight, dict(v.kwargs)) for v in recipe.rewards.verifiers],
+        [RewardSpec(v.name, v.weight, dict(v.kwargs), v.route) for v in recipe.rewards.verifiers],
         num_workers=recipe.rewards.num_workers,
         timeout_s=recipe.rewards.timeout_s,
         failure_score=recipe.rewards.failure_score,
@@ -347,11 +347,17 @@ def _step_metrics(t: Trainer, batch, verdicts, groups, update_metrics, timer, sy
     lengths = acc.gather(batch.response_mask.sum(1).to(acc.device)).float().cpu()  # [N * processes]
     truncated = acc.gather(batch.truncated.float().to(acc.device)).cpu()
     all_verdicts = acc.gather(verdicts.float().to(acc.device)).cpu()
-    per_reward: dict[str, list[float]] = {}
+    # per-verifier means over the rows each scored (routing may leave a process without any): global sums
+    names = t.scorer.names
+    sums = torch.zeros(2 * len(names), dtype=torch.float64)
     for g in groups:
-        for name, values in g.per_reward.items():
-            per_reward.setdefault(name, []).extend(values)
-    local = {**update_metrics, **{f"reward/{k}/mean": sum(v) / len(v) for k, v in per_reward.items() if v}}
+        for k, name in enumerate(names):
+            scored = [v for v in g.per_reward.get(name, []) if v is not None]
+            sums[k] += sum(scored)
+            sums[len(names) + k] += len(scored)
+    if acc.num_processes > 1:
+        sums = acc.reduce(sums.to(acc.device), reduction="sum").cpu()
+    local = dict(update_metrics)
     keys = sorted(local)
     values = torch.tensor([local[k] for k in keys], dtype=torch.float64, device=acc.device)
     if acc.num_processes > 1:
@@ -359,6 +365,9 @@ def _step_metrics(t: Trainer, batch, verdicts, groups, update_metrics, timer, sy
     rollout_s = timer["rollout"] - timer["start"]
     total_tokens = float(lengths.sum())
     metrics = dict(zip(keys, values.cpu().tolist(), strict=True))
+    for k, name in enumerate(names):
+        if sums[len(names) + k] > 0:
+            metrics[f"reward/{name}/mean"] = float(sums[k] / sums[len(names) + k])
     metrics.update(
         {
             "reward/mean": reward_mean,

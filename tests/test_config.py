@@ -101,3 +101,16 @@ def test_exponent_floats_are_floats_in_free_form_kwargs(tmp_path):
     recipe = load_recipe(path, ["algorithm.policy_loss_kwargs={clip_eps_high: 2.8e-1}"], check=False)
     assert recipe.algorithm.entropy_controller_kwargs == {"target": 0.5, "delta": 1e-4, "max_coef": 5e-3}
     assert recipe.algorithm.policy_loss_kwargs == {"clip_eps_high": 0.28}
+
+
+def test_reward_route_accepts_a_single_value_or_a_list(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "rewards:\n  verifiers:\n    - {name: math, route: {task: math}}\n"
+        "    - {name: math, route: {task: [code, tests], split: train}}\n"
+    )
+    recipe = load_recipe(path, check=False)
+    assert [v.route for v in recipe.rewards.verifiers] == [
+        {"task": ["math"]},
+        {"task": ["code", "tests"], "split": ["train"]},
+    ]

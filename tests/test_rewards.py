@@ -152,6 +152,28 @@ def test_weighted_sum_of_two_rewards(num_workers: int):
     }
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_rewards_routed_by_a_dataset_column(num_workers: int):
+    """keyword scores only task=chat rows, length_fraction only task in {code, math}; others get no term."""
+    keyword, length = TWO_REWARDS
+    routed = [
+        RewardSpec(keyword.name, keyword.weight, keyword.kwargs, route={"task": ["chat"]}),
+        RewardSpec(length.name, length.weight, length.kwargs, route={"task": ["code", "math"]}),
+    ]
+    examples = [{"task": "chat"}, {"task": "code"}, {"task": "other"}]
+    with Scorer(routed, num_workers=num_workers) as scorer:
+        batch = scorer.score(COMPLETIONS, examples)
+    # row 0: 0.5 * keyword("yes") = 0.5 * 2 = 1.0; row 1: 2 * length(11 chars -> 1.0) = 2.0; row 2: nothing
+    assert batch.scores == pytest.approx([1.0, 2.0, 0.0])
+    assert batch.per_reward == {"keyword": [2.0, None, None], "length_fraction": [None, 1.0, None]}
+    assert batch.infos[2] == {}
+    assert batch.metrics() == {
+        "reward/keyword/mean": 2.0,
+        "reward/length_fraction/mean": 1.0,
+        "reward/failures": 0.0,
+    }
+
+
 def test_custom_file_verifier_with_kwargs_resolved_against_base_dir(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # workers must not depend on the current directory
     spec = RewardSpec("fixtures/custom_verifier.py:keyword", kwargs={"word": "cat", "bonus": 3.0})
