@@ -178,9 +178,22 @@ class RewardConfig(_Section):
         return value
 
 
+class RewardModelConfig(_Section):
+    name: str = "reward_model"
+    """Reported as reward/<name>/mean."""
+    weight: float = 1.0
+    """Weight of its score in the summed reward (added to the verifiers' weighted sum)."""
+    model: dict[str, Any]
+    """rlvr.reward_models.build_reward_model spec, run on the trainer's device: one model {path, normalize:
+    none|batch|running, batch_size, max_length, chat_template} or an ensemble {ensemble: [path, ...],
+    combine: mean|min|uwo, lam, normalize} (arXiv 2310.02743). Paths: folder, alias or hub id."""
+
+
 class RewardsConfig(_Section):
     verifiers: list[RewardConfig] = [RewardConfig(name="math")]
     """Rewards summed with their weights into the sample's reward."""
+    reward_models: list[RewardModelConfig] = []
+    """Learned reward models (transformers sequence classifiers) scoring (prompt, completion) pairs."""
     num_workers: int = Field(2, ge=0)
     """Verifier worker processes (0: run inline, without timeouts)."""
     timeout_s: float = Field(10.0, gt=0)

@@ -78,6 +78,8 @@ class Trainer:
     layout: dict[str, int]
     kl_controller: object
     entropy_controller: object
+    reward_models: list = dataclasses.field(default_factory=list)
+    """(name, weight, model) of each learned reward model (rlvr.reward_models)."""
     step: int = 0
 
     @property
@@ -151,7 +153,17 @@ def build(recipe: Recipe) -> Trainer:
     )
     log = MetricsLogger(run_dir, accelerator.is_main_process, recipe.run.tensorboard)
     trainer = Trainer(
-        recipe, ctx, engine, scorer, sampler, tokenizer, log, layout, kl_controller, entropy_controller
+        recipe,
+        ctx,
+        engine,
+        scorer,
+        sampler,
+        tokenizer,
+        log,
+        layout,
+        kl_controller,
+        entropy_controller,
+        reward_models=_load_reward_models(recipe, accelerator),
     )
     if recipe.run.resume:
         state = load_latest(accelerator, run_dir)
@@ -167,6 +179,30 @@ def build(recipe: Recipe) -> Trainer:
             if accelerator.is_main_process:
                 print(f"resumed from step {trainer.step} in {run_dir}", flush=True)
     return trainer
+
+
+def _load_reward_models(recipe: Recipe, accelerator) -> list:
+    """Each ``rewards.reward_models`` entry, built on this process's device."""
+    from rlvr.reward_models import build_reward_model
+
+    def resolved(spec: dict) -> dict:
+        spec = dict(spec)
+        if "path" in spec:
+            spec["path"] = str(resolve_model(spec["path"]))
+        if "ensemble" in spec:
+            spec["ensemble"] = [
+                str(resolve_model(m)) if isinstance(m, str) else resolved(m) for m in spec["ensemble"]
+            ]
+        return spec
+
+    models = []
+    with unpartitioned(), accelerator.main_process_first():
+        for rm in recipe.rewards.reward_models:
+            model = build_reward_model(
+                resolved(rm.model), device=accelerator.device, dtype=recipe.model.dtype
+            )
+            models.append((rm.name, rm.weight, model))
+    return models
 
 
 def prepare_run_dir(run_dir: Path, recipe: Recipe, is_main: bool) -> None:
@@ -348,7 +384,7 @@ def _step_metrics(t: Trainer, batch, verdicts, groups, update_metrics, timer, sy
     truncated = acc.gather(batch.truncated.float().to(acc.device)).cpu()
     all_verdicts = acc.gather(verdicts.float().to(acc.device)).cpu()
     # per-verifier means over the rows each scored (routing may leave a process without any): global sums
-    names = t.scorer.names
+    names = [*t.scorer.names, *(name for name, _, _ in t.reward_models)]
     sums = torch.zeros(2 * len(names), dtype=torch.float64)
     for g in groups:
         for k, name in enumerate(names):

@@ -32,7 +32,8 @@ class Group:
     row: dict[str, Any]
     completions: list[Completion]
     rewards: list[float]
-    """Training rewards: the verifiers' weighted score plus reward shaping (overlong punishment)."""
+    """Training rewards: the verifiers' weighted score, plus weighted reward-model scores and reward
+    shaping (overlong punishment)."""
     verdicts: list[float]
     """The verifiers' weighted score alone (accuracy, curriculum pass rates)."""
     per_reward: dict[str, list[float]] = field(default_factory=dict)
@@ -83,6 +84,16 @@ def generate_groups(
     timer["reward_s"] += time.perf_counter() - start
     failures = scores.failures
     rewards = list(scores.scores)
+    per_reward = dict(scores.per_reward)
+    if t.reward_models:
+        field = recipe.data.prompt_field
+        questions = [
+            str(rows[c.prompt_index].get(field, rows[c.prompt_index]["prompt"])) for c in completions
+        ]
+        for name, weight, model in t.reward_models:
+            model_scores = model.score(questions, [c.text for c in completions]).tolist()
+            per_reward[name] = model_scores
+            rewards = [r + weight * m for r, m in zip(rewards, model_scores, strict=True)]
     overlong = recipe.algorithm.overlong
     if overlong.buffer_len:
         lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float)
@@ -112,7 +123,7 @@ def generate_groups(
         g.completions.append(c)
         g.rewards.append(rewards[i])
         g.verdicts.append(float(scores.scores[i]))
-        for name, values in scores.per_reward.items():
+        for name, values in per_reward.items():
             g.per_reward.setdefault(name, []).append(values[i])
     return groups, failures
 
