@@ -307,6 +307,7 @@ def run_step(t: Trainer) -> dict[str, float]:
     if kl_to_reward:
         kl = KL_ESTIMATORS.get(algo.kl_estimator)(batch.old_logprobs, batch.ref_logprobs) * mask  # [N, T]
         extra_metrics["actor/kl_reward_penalty"] = float(ctx.kl_coef * kl.sum(-1).mean())
+        extra_metrics["actor/kl"] = float(kl.sum() / mask.sum().clamp(min=1))  # per token, as in the loss
         if "token_rewards" in needs_of(estimator):
             token_rewards = -ctx.kl_coef * kl
         else:
@@ -357,11 +358,8 @@ def run_step(t: Trainer) -> dict[str, float]:
     metrics.update(collect_metrics)
 
     # 9. coefficient controllers see the step's global measurements
-    if "actor/kl" in metrics or "actor/kl_reward_penalty" in metrics:
-        measured = metrics.get(
-            "actor/kl", metrics.get("actor/kl_reward_penalty", 0.0) / max(ctx.kl_coef, 1e-12)
-        )
-        ctx.kl_coef = t.kl_controller.update(measured, n_steps=len(batch) * acc.num_processes)
+    if "actor/kl" in metrics:
+        ctx.kl_coef = t.kl_controller.update(metrics["actor/kl"], n_steps=len(batch) * acc.num_processes)
     if "actor/entropy" in metrics:
         ctx.entropy_coef = t.entropy_controller.update(metrics["actor/entropy"])
     return metrics
