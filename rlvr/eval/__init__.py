@@ -1,0 +1,1 @@
+"""Evaluation: benchmark runner, pass@k / maj@k / avg@n metrics with bootstrap CIs, reports."""
