@@ -1,6 +1,8 @@
 """The ``rlvr`` command.
 
     rlvr train RECIPE.yaml [key=value ...] [--accelerate-config recipes/accelerate/zero2.yaml]
+    rlvr eval MODEL --benchmarks gsm8k,math500 [--limit 50] [--n 4] [--k 1,2,4] [--out results/x]
+    rlvr eval --compare RESULTS_A RESULTS_B
 
 Without ``--accelerate-config`` the recipe runs in this process (one CPU or one GPU, no launcher).
 With it, the command is exactly
@@ -37,6 +39,66 @@ def _train(args: argparse.Namespace) -> int:
     return main([args.recipe, *args.overrides])
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import logging
+
+    from rlvr.config import RecipeError
+    from rlvr.eval.runner import EvalError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.compare:
+            from rlvr.eval.report import compare
+
+            text, _ = compare(args.compare[0], args.compare[1], confidence=args.confidence)
+            print(text)
+            return 0
+        if not args.model:
+            print("error: give a MODEL to evaluate (or --compare A B)", file=sys.stderr)
+            return 2
+        from rlvr.eval.runner import run_eval
+
+        run_eval(
+            args.model,
+            [b.strip() for b in args.benchmarks.split(",") if b.strip()],
+            out=args.out,
+            limit=args.limit,
+            n=args.n,
+            ks=args.k,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_tokens,
+            greedy=args.greedy,
+            seed=args.seed,
+            engine=args.engine,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            kv_cache_gb=args.kv_cache_gb,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            chunk_size=args.chunk_size,
+            num_workers=args.workers,
+            overrides=args.set,
+            overwrite=args.overwrite,
+            confidence=args.confidence,
+        )
+    except (RecipeError, EvalError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlvr", description="RL from verifiable rewards for LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +107,48 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("overrides", nargs="*", help="section.key=value overrides")
     train.add_argument("--accelerate-config", help="launch through accelerate with this config file")
     train.set_defaults(func=_train)
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a model on benchmarks, or compare two results folders",
+        description="Evaluate a model (HF folder, run directory, checkpoint, alias or hub id) on benchmarks "
+        "(shipped names: gsm8k, math500, minerva_math, aime24, amc23, humaneval, mbpp; or spec YAML files). "
+        "Rerunning the same command resumes an interrupted evaluation. See docs/evaluation.md.",
+    )
+    ev.add_argument(
+        "model", nargs="?", help="model folder, run directory, checkpoints/step-N, alias or hub id"
+    )
+    ev.add_argument("--benchmarks", "-b", default="gsm8k", help="comma-separated names or spec files")
+    ev.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two results folders")
+    ev.add_argument("--out", "-o", help="results folder (default: results/<model name>)")
+    ev.add_argument("--limit", type=int, help="only the first N rows of each benchmark")
+    ev.add_argument("--n", type=int, help="samples per problem (default: the spec's)")
+    ev.add_argument("--k", type=_int_list, help="k values for pass@k / maj@k, e.g. 1,2,4 (default: 1,2,4..n)")
+    ev.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
+    ev.add_argument("--top-p", type=float)
+    ev.add_argument("--max-tokens", type=int, help="maximum new tokens per sample")
+    ev.add_argument("--greedy", action="store_true", help="greedy decoding, one sample per problem")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--engine", default="vllm", help="rollout engine: vllm (default) or hf")
+    ev.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="engine weights dtype"
+    )
+    ev.add_argument("--max-model-len", type=int, help="engine context length (default: from the model)")
+    ev.add_argument("--kv-cache-gb", type=float, default=1.0, help="CPU vLLM: KV-cache size")
+    ev.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="GPU vLLM: memory fraction")
+    ev.add_argument("--chunk-size", type=int, help="problems per engine call (default: ~256 sequences)")
+    ev.add_argument("--workers", type=int, default=2, help="verifier worker processes (0: inline)")
+    ev.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key for every "
+        "benchmark, e.g. --set system_prompt='You are a careful solver.' (repeatable)",
+    )
+    ev.add_argument("--overwrite", action="store_true", help="discard earlier samples in the results folder")
+    ev.add_argument("--confidence", type=float, default=0.95, help="bootstrap confidence level")
+    ev.set_defaults(func=_eval)
     args = parser.parse_args(argv)
     return args.func(args)
 

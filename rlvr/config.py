@@ -315,6 +315,24 @@ class TrainConfig(_Section):
     AVX-512 bf16 and on GPUs). None: as the accelerate config / launcher says."""
 
 
+class EvalConfig(_Section):
+    every: int = Field(0, ge=0)
+    """Evaluate the policy every N steps (and after the last step) on held-out benchmarks, through the
+    rollout engine that already holds the current weights; 0 never. Metrics: eval/<benchmark>/...."""
+    benchmarks: list[str] = ["arithmetic"]
+    """Shipped benchmark names (rlvr/eval/specs: arithmetic, gsm8k, math500, humaneval, ...) or spec files."""
+    limit: int | None = Field(64, ge=1)
+    """The first N problems of each benchmark (the same ones every time)."""
+    n: int | None = Field(None, ge=1)
+    """Samples per problem; None: the benchmark's default."""
+    temperature: float | None = Field(None, ge=0)
+    """None: the benchmark's default (greedy for most)."""
+    max_tokens: int | None = Field(None, ge=1)
+    """None: the benchmark's default."""
+    ks: list[int] = [1]
+    """pass@k / maj@k to report (each k <= n)."""
+
+
 class Recipe(_Section):
     run: RunConfig = RunConfig()
     model: ModelConfig = ModelConfig()
@@ -324,6 +342,7 @@ class Recipe(_Section):
     rewards: RewardsConfig = RewardsConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
 
     source: str | None = Field(None, exclude=True)
     """The recipe file this config came from (set by load_recipe)."""
@@ -395,24 +414,27 @@ def parse_overrides(overrides: list[str], source: str = "<command line>") -> dic
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_trees(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra`` merged in, nested mappings key by key (overrides into a YAML tree)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_trees(out[key], value)
         else:
             out[key] = value
     return out
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid recipe {source}:"]
+def format_validation_error(err: ValidationError, source: str, what: str = "recipe") -> str:
+    """One line per problem, each naming the dotted key: ``invalid recipe r.yaml:\n  train.lr: ...``."""
+    lines = [f"invalid {what} {source}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            message = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {message} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -454,6 +476,17 @@ def _check_references(recipe: Recipe, base_dir: Path) -> None:
     for key, name, known in checks:
         if name not in known:
             raise RecipeError(f"{src}: {key}: unknown name {name!r}; known: {', '.join(sorted(known))}")
+    if recipe.eval.every:
+        from rlvr.eval.benchmarks import load_spec
+
+        for i, name in enumerate(recipe.eval.benchmarks):
+            try:
+                spec = load_spec(name)
+            except Exception as exc:  # noqa: BLE001 - re-raised with the recipe key
+                raise RecipeError(f"{src}: eval.benchmarks[{i}]: {exc}") from exc
+            n = recipe.eval.n or spec.sampling.n
+            if max(recipe.eval.ks) > n:
+                raise RecipeError(f"{src}: eval.ks: k={max(recipe.eval.ks)} > n={n} samples per problem")
     loss_needs = needs_of(POLICY_LOSSES.get(recipe.algorithm.policy_loss))
     if "group_index" in loss_needs:
         group = recipe.rollout.num_generations
@@ -507,11 +540,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check: boo
         raise RecipeError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(tree, dict):
         raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(tree).__name__}")
-    tree = _merge(tree, parse_overrides(overrides or [], source))
+    tree = merge_trees(tree, parse_overrides(overrides or [], source))
     try:
         recipe = Recipe.model_validate(tree)
     except ValidationError as exc:
-        raise RecipeError(_format_error(exc, source)) from None
+        raise RecipeError(format_validation_error(exc, source)) from None
     recipe.source = source
     recipe.run.output_dir = _expand(recipe.run.output_dir, recipe)
     if check:

@@ -45,6 +45,7 @@ from rlvr.rollout import ENGINES, EngineOptions, RolloutEngine
 from rlvr.trainer.batch import make_batch
 from rlvr.trainer.checkpoint import load_latest, save_checkpoint, save_final_model
 from rlvr.trainer.collect import collect
+from rlvr.trainer.evaluation import PeriodicEvaluator
 from rlvr.trainer.logprobs import behaviour_statistics
 from rlvr.trainer.metrics import MetricsLogger
 from rlvr.trainer.setup import (
@@ -80,6 +81,7 @@ class Trainer:
     entropy_controller: object
     reward_models: list = dataclasses.field(default_factory=list)
     """(name, weight, model) of each learned reward model (rlvr.reward_models)."""
+    evaluator: PeriodicEvaluator | None = None
     step: int = 0
 
     @property
@@ -165,6 +167,8 @@ def build(recipe: Recipe) -> Trainer:
         entropy_controller,
         reward_models=_load_reward_models(recipe, accelerator),
     )
+    if recipe.eval.every:
+        trainer.evaluator = PeriodicEvaluator(recipe, engine, tokenizer, accelerator, options.max_model_len)
     if recipe.run.resume:
         state = load_latest(accelerator, run_dir)
         if state is not None:
@@ -454,6 +458,10 @@ def train(recipe: Recipe) -> Path:
     try:
         while t.step < recipe.run.steps:
             metrics = run_step(t)
+            if t.evaluator is not None and t.evaluator.due(t.step, recipe.run.steps):
+                start = time.perf_counter()
+                metrics.update(t.evaluator.run())
+                metrics["time/eval_s"] = time.perf_counter() - start
             t.log.log(t.step, metrics)
             save_every = recipe.run.save_every
             if save_every and t.step % save_every == 0 and t.step < recipe.run.steps:
@@ -463,6 +471,8 @@ def train(recipe: Recipe) -> Path:
         if recipe.run.save_final:
             save_final_model(acc, t.ctx.model, t.tokenizer, run_dir / "final")
     finally:
+        if t.evaluator is not None:
+            t.evaluator.close()
         t.scorer.close()
         t.engine.close()
         t.log.close()

@@ -130,6 +130,15 @@ PLUGINS = {
             and all(r["actor/engine_logprob_gap"] > 0.05 for r in rows)
         ),
     ),
+    "eval_during_training": (
+        ["eval.every=2", "eval.benchmarks=[arithmetic]", "eval.limit=4", "eval.max_tokens=4"],
+        # evaluated after step 2 only, on the held-out arithmetic slice (the tiny model scores ~0)
+        lambda rows: (
+            "eval/arithmetic/pass@1" not in rows[0]
+            and 0.0 <= rows[1]["eval/arithmetic/pass@1"] <= 1.0
+            and rows[1]["eval/arithmetic/response_tokens"] <= 4
+        ),
+    ),
     "adaptive_entropy": (
         [
             "algorithm.entropy_controller=adaptive",
