@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         "eval",
         help="evaluate a model on benchmarks, or compare two results folders",
         description="Evaluate a model (HF folder, run directory, checkpoint, alias or hub id) on benchmarks "
-        "(shipped names: gsm8k, math500, minerva_math, aime24, amc23, humaneval, mbpp; or spec YAML files). "
+        "(shipped names: gsm8k, math500, minerva_math, aime24, amc23, humaneval, mbpp, arithmetic; "
+        "or spec YAML files). "
         "Rerunning the same command resumes an interrupted evaluation. See docs/evaluation.md.",
     )
     ev.add_argument(
