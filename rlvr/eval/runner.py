@@ -828,13 +828,14 @@ def run_eval(
             except KeyboardInterrupt:
                 log(f"interrupted: finished problems are in {bench_dir / SAMPLES_FILE}; rerun to resume")
                 raise
-            summary["model"] = model_path
+            summary["model"] = str(model)  # as the user named it
+            summary["model_path"] = model_path
             summary["engine"] = engine
             report.write_benchmark(bench_dir, summary)
             summaries[spec.name] = summary
     finally:
         rollout.close()
-    report.write_report(out_dir, summaries, model=model_path)
+    report.write_report(out_dir, summaries, model=str(model))
     log(report.markdown_table(summaries))
     log(f"results: {out_dir}")
     return summaries
