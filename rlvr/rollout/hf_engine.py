@@ -89,6 +89,9 @@ class HFEngine:
             pad_token_id=self.pad_id,
             output_scores=True,
             return_dict_in_generate=True,
+            # the engine's copy is whole and local: under ZeRO-3 transformers would otherwise sync every
+            # decoding step with the other ranks, which deadlocks when they generate different amounts
+            synced_gpus=False,
             **generator_kwargs,
         )
         new_tokens = out.sequences[:, width:].cpu()  # [n, T]
