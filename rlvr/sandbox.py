@@ -401,6 +401,14 @@ def _reachable_by_others(path: str) -> bool:
     return True
 
 
+def default_python(site_packages: bool = False) -> str:
+    """The interpreter programs run with: this one, through its real path when its site-packages are not
+    wanted. A virtualenv's ``bin/python`` is a link into a base installation; the venv itself may live
+    anywhere, e.g. under ``/tmp``, which the sandbox replaces by an empty tmpfs, so only the base
+    installation is mounted in."""
+    return sys.executable if site_packages else os.path.realpath(sys.executable)
+
+
 def _python_paths(python: str, site_packages: bool) -> list[str]:
     """Directories the program's interpreter needs to see (its installation, the venv if any)."""
     paths = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}
@@ -538,7 +546,8 @@ def isolation(refresh: bool = False) -> Isolation:
 
 def _rlimits_uid_drop() -> bool:
     """In mode "rlimits" as root: can an unprivileged uid run the interpreter (is it reachable)?"""
-    return os.geteuid() == 0 and all(_reachable_by_others(p) for p in _python_paths(sys.executable, True))
+    python = default_python()
+    return os.geteuid() == 0 and all(_reachable_by_others(p) for p in _python_paths(python, False))
 
 
 def _describe(mode: str, why: Mapping[str, str]) -> Isolation:
@@ -561,7 +570,7 @@ def _describe(mode: str, why: Mapping[str, str]) -> Isolation:
         ]
         if not uid_drop:
             missing.append("no uid drop" + (": runs as root, fork bombs NOT contained" if root else ""))
-    hidden = tuple(_plan_mounts(sys.executable, False, ())[0]) if namespaces else ()
+    hidden = tuple(_plan_mounts(default_python(), False, ())[0]) if namespaces else ()
     return Isolation(mode, uid_drop, namespaces, tuple(missing), hidden)
 
 
@@ -659,7 +668,7 @@ def _run(
     probe: bool = False,
 ) -> ExecResult:
     start = time.monotonic()
-    python = python or sys.executable
+    python = python or default_python(site_packages)
     namespaces = mode in ("full", "userns")
     if uid_drop is None:  # probing
         uid_drop = mode == "full" or (mode == "rlimits" and _rlimits_uid_drop())
