@@ -349,6 +349,23 @@ def reinforce_pp_advantages(inputs: AdvantageInputs, *, eps: float = 1e-8) -> to
     return _whiten_tokens(returns, mask, eps) * mask  # [N, T]
 
 
+def _batch_statistics(inputs: AdvantageInputs, unbiased: bool) -> GroupStatistics:
+    """Statistics of the whole batch's sequence rewards, as if it were one group."""
+    return group_statistics(inputs.sequence_rewards, torch.zeros_like(inputs.group_index), unbiased=unbiased)
+
+
+def _centred_scaled(
+    inputs: AdvantageInputs, centre: GroupStatistics, scale: GroupStatistics, eps: float
+) -> torch.Tensor:
+    """``(r - centre.mean) / (scale.std + eps)`` broadcast to tokens; 0 where the ``centre`` statistics
+    come from a single sample or from equal rewards."""
+    rewards = _float_rewards(inputs, centre.mean.dtype)  # [N]
+    advantages = (rewards - centre.mean) / safe_denominator(scale.std + eps)  # [N]
+    keep = (centre.count > 1) & (centre.std > 0)  # [N]
+    advantages = torch.where(keep, advantages, torch.zeros_like(advantages))  # [N]
+    return _broadcast_to_tokens(advantages, inputs.response_mask)  # [N, T]
+
+
 @ADVANTAGES.register("lite_ppo")
 @ADVANTAGES.register("group_mean_batch_std")
 def lite_ppo_advantages(
@@ -375,14 +392,7 @@ def lite_ppo_advantages(
         ``[N, T]`` advantages, 0 where ``response_mask`` is 0.
     """
     stats = group_statistics(inputs.sequence_rewards, inputs.group_index, unbiased=std_unbiased)
-    batch = group_statistics(
-        inputs.sequence_rewards, torch.zeros_like(inputs.group_index), unbiased=std_unbiased
-    )
-    rewards = _float_rewards(inputs, stats.mean.dtype)  # [N]
-    advantages = (rewards - stats.mean) / safe_denominator(batch.std + eps)  # [N]
-    keep = (stats.count > 1) & (stats.std > 0)  # [N]
-    advantages = torch.where(keep, advantages, torch.zeros_like(advantages))  # [N]
-    return _broadcast_to_tokens(advantages, inputs.response_mask)  # [N, T]
+    return _centred_scaled(inputs, stats, _batch_statistics(inputs, std_unbiased), eps)
 
 
 @ADVANTAGES.register("batch_norm")
@@ -407,14 +417,8 @@ def batch_norm_advantages(
     Returns:
         ``[N, T]`` advantages, 0 where ``response_mask`` is 0.
     """
-    batch = group_statistics(
-        inputs.sequence_rewards, torch.zeros_like(inputs.group_index), unbiased=std_unbiased
-    )
-    rewards = _float_rewards(inputs, batch.mean.dtype)  # [N]
-    advantages = (rewards - batch.mean) / safe_denominator(batch.std + eps)  # [N]
-    keep = (batch.count > 1) & (batch.std > 0)  # [N]
-    advantages = torch.where(keep, advantages, torch.zeros_like(advantages))  # [N]
-    return _broadcast_to_tokens(advantages, inputs.response_mask)  # [N, T]
+    batch = _batch_statistics(inputs, std_unbiased)
+    return _centred_scaled(inputs, batch, batch, eps)
 
 
 @ADVANTAGES.register("dgpo")

@@ -23,6 +23,7 @@ from accelerate.utils import gather_object
 from rlvr.algorithms import informative_groups, soft_overlong_penalty
 from rlvr.data import shard
 from rlvr.rollout import Completion, EADSchedule, SamplingConfig, ead_decay
+from rlvr.trainer.update import global_sums
 
 
 @dataclass
@@ -136,13 +137,6 @@ def _global_max(acc, value: int) -> int:
     return int(tensor.item())
 
 
-def _global_sum(acc, values: list[float]) -> list[float]:
-    if acc.num_processes == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=acc.device)
-    return acc.reduce(tensor, reduction="sum").cpu().tolist()
-
-
 def collect(t, greedy_baseline: bool = False) -> tuple[list[Group], dict[str, float]]:
     """This process's groups for the current step and the collection metrics (identical on every process)."""
     recipe, acc = t.recipe, t.accelerator
@@ -179,7 +173,7 @@ def collect(t, greedy_baseline: bool = False) -> tuple[list[Group], dict[str, fl
     kept += dropped[:filled]
     if len(kept) < quota:
         raise RuntimeError(f"collected {len(kept)} groups, need {quota}")  # cannot happen: round 1 fills
-    totals = _global_sum(acc, [float(failures), float(len(dropped)), float(filled)])
+    totals = global_sums(acc, [float(failures), float(len(dropped)), float(filled)])
     metrics = {"reward/failures": totals[0], "time/reward_s": timer["reward_s"]}
     if ds.enabled:
         metrics.update(

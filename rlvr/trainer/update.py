@@ -72,9 +72,12 @@ def has_critic(model: torch.nn.Module) -> bool:
     return isinstance(inner, PolicyWithCritic)
 
 
-def _global_sum(accelerator: Accelerator, value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
-    return float(accelerator.reduce(t, reduction="sum").item()) if accelerator.num_processes > 1 else value
+def global_sums(accelerator: Accelerator, values: list[float]) -> list[float]:
+    """Each of ``values`` summed over all processes, in one all-reduce (float64)."""
+    if accelerator.num_processes == 1:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(tensor, reduction="sum").cpu().tolist()
 
 
 def group_permutation(group_index: torch.Tensor) -> torch.Tensor:
@@ -126,9 +129,10 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
         for start in range(0, len(batch), mini):
             mini_batch = epoch_batch.select(slice(start, start + mini))
             kept = loss_mask(mini_batch)  # [mini, T]
-            num_tokens = _global_sum(acc, float(kept.sum()))
-            num_seqs = _global_sum(acc, float((kept.sum(-1) > 0).sum()))
-            num_value_tokens = _global_sum(acc, float(mini_batch.response_mask.sum())) if critic else 0.0
+            num_tokens, num_seqs, num_value_tokens = global_sums(
+                acc,
+                [float(kept.sum()), float((kept.sum(-1) > 0).sum()), float(mini_batch.response_mask.sum())],
+            )
             mini_loss = 0.0
             for m in range(0, mini, ctx.micro_batch):
                 micro = mini_batch.select(slice(m, m + ctx.micro_batch))
@@ -195,7 +199,7 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                     sums["actor/grad_norm"] += float(grad_norm)
                     weights["actor/grad_norm"] += 1.0
             # Micro-batch losses were normalised by global counts: their sum over processes is the loss.
-            sums["actor/loss"] += _global_sum(acc, mini_loss)
+            sums["actor/loss"] += global_sums(acc, [mini_loss])[0]
             weights["actor/loss"] += 1.0
     out = {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
     out["actor/kl_coef"] = ctx.kl_coef
