@@ -1,6 +1,6 @@
 """Built-in code verifier, registered as ``"code"``: run the completion's program against the example's tests.
 
-Every program runs in :mod:`rlvr.sandbox` (own process tree, rlimits, no network, private file system,
+Every program runs in :mod:`rlvr.scoring.sandbox` (own process tree, rlimits, no network, private file system,
 unprivileged uid; see ``docs/sandbox.md``). The score is 1.0 if all tests pass (``mode="all_pass"``) or the
 fraction that pass (``mode="fraction"``, partial credit).
 
@@ -63,10 +63,10 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from rlvr import sandbox
-from rlvr.rewards import RewardResult, verifier
+from rlvr.scoring import RewardResult, sandbox, verifier
 
 MAX_PROGRAM_CHARS = 50_000
 """Programs longer than this are not run (score 0); real solutions are a few thousand characters."""
@@ -428,165 +428,8 @@ def _io_text(value: Any) -> str:
 # The harness that runs assert tests inside the sandbox
 # ----------------------------------------------------------------------------------------------------------
 
-# main.py of an assert-style run. Everything it needs (solution, tests, token) arrives on stdin; only the
-# tagged lines it writes to fd 3 count.
-HARNESS = r"""
-import sys, os, marshal, builtins, operator
-
-def _rlvr_main(
-    # Everything used after the solution has run is bound here, before it runs: a solution that replaces
-    # builtins.exec, builtins.BaseException, os.write or operator.eq changes nothing for the harness.
-    write=os.write, exec=exec, compile=compile, dict=dict, enumerate=enumerate, str=str, type=type,
-    isinstance=isinstance, getattr=getattr, any=any, all=all, BaseException=BaseException, vars=vars,
-    len=len, object=object, __import__=__import__,
-    AssertionError=AssertionError, staticmethod=staticmethod, classmethod=classmethod,
-    eq=operator.eq, ne=operator.ne, lt=operator.lt, le=operator.le, gt=operator.gt, ge=operator.ge,
-    is_=operator.is_, is_not=operator.is_not, contains=operator.contains,
-):
-    data = marshal.loads(sys.stdin.buffer.read())
-    tag = data.pop("token").encode() + b" "
-
-    def report(*parts):
-        text = " ".join(parts).replace("\n", " ")[:600]
-        try:
-            write(3, tag + text.encode("utf-8", "replace") + b"\n")
-        except BaseException:
-            pass
-
-    SOLUTION = "<solution>"
-    plain_scalars = (int, float, complex, str, bytes, bool, type(None))
-    containers = (list, tuple, set, frozenset, dict)
-    cmp_dunders = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__contains__", "__hash__")
-    truth_dunders = ("__bool__", "__len__")
-
-    def from_solution(obj):
-        for kind in (staticmethod, classmethod):
-            if isinstance(obj, kind):
-                obj = obj.__func__
-        obj = getattr(obj, "func", obj)  # functools.partial(method)
-        code = getattr(obj, "__code__", None)
-        return code is not None and getattr(code, "co_filename", "") == SOLUTION
-
-    def values(x):
-        stack, seen = [x], 0
-        while stack and seen < 10000:
-            v = stack.pop()
-            seen += 1
-            yield v
-            t = type(v)
-            if t is dict:
-                stack.extend(v.keys())
-                stack.extend(v.values())
-            elif t in containers:
-                stack.extend(v)
-
-    def rigged(x, dunders):
-        for v in values(x):
-            for cls in type(v).__mro__:
-                d = cls.__dict__
-                if any(name in d and from_solution(d[name]) for name in dunders):
-                    return True
-        return False
-
-    def plain(x):
-        return all(type(v) in plain_scalars or type(v) in containers for v in values(x))
-
-    ops = {"Eq": eq, "NotEq": ne, "Lt": lt, "LtE": le, "Gt": gt, "GtE": ge, "Is": is_, "IsNot": is_not,
-           "In": lambda a, b: contains(b, a), "NotIn": lambda a, b: not contains(b, a)}
-
-    def cmp(op, a, b):
-        if op not in ("Is", "IsNot") and (
-            (plain(b) and rigged(a, cmp_dunders)) or (plain(a) and rigged(b, cmp_dunders))
-        ):
-            raise AssertionError("operand of a solution-defined class overrides comparison")
-        return ops[op](a, b)
-
-    def truth(x):
-        if rigged(x, truth_dunders):
-            raise AssertionError("truth value from a solution-defined class")
-        return x
-
-    # Modules the tests use (imported now, before the solution runs) and builtins: a solution that patches
-    # them (math.isclose = lambda *a: True) or swaps them in sys.modules is caught, and every test fails.
-    modules = sys.modules
-    for name in data["watch"]:
-        try:
-            __import__(name)
-        except BaseException:
-            pass
-    guarded = [builtins, operator] + [modules.get(name) for name in data["watch"]]
-    watched = [(m, dict(vars(m))) for m in guarded if m is not None]
-    in_sys = {name: modules.get(name) for name in data["watch"]}
-    missing = object()
-
-    def tampered():
-        for module, snapshot in watched:
-            current = vars(module)
-            if len(current) != len(snapshot):
-                return module.__name__
-            for key, value in snapshot.items():
-                if current.get(key, missing) is not value:
-                    return "%s.%s" % (module.__name__, key)
-        for name, module in in_sys.items():
-            if modules.get(name) is not module:
-                return "sys.modules[%r]" % name
-        return None
-
-    helpers = {"__rlvr_cmp__": cmp, "__rlvr_truth__": truth}
-    ns = {"__name__": "__solution__", "__builtins__": builtins}
-    try:
-        code = compile(data["solution"], SOLUTION, "exec")
-    except BaseException as e:
-        report("load_error", "%s: %s" % (type(e).__name__, e))
-        return
-    report("start")
-    try:
-        exec(code, ns)
-        # The tests get their own globals (a copy): the solution cannot reach them through its globals.
-        tns = dict(ns)
-        tns.update(helpers)
-        for src in data["setup"]:
-            exec(compile(src, "<test setup>", "exec"), tns)
-    except BaseException as e:  # SystemExit too: exiting does not skip the tests, it fails them
-        report("load_error", "%s: %s" % (type(e).__name__, e))
-        return
-    tns.update(helpers)
-    entry = data["entry_point"]
-    if entry is not None:
-        if entry not in ns:
-            report("load_error", "NameError: %r is not defined by the program" % entry)
-            return
-        tns[data["candidate"]] = ns[entry]
-    for i, src in enumerate(data["tests"]):
-        where = tampered()
-        if where is not None:
-            report("tampered", where)
-            return
-        try:
-            exec(compile(src, "<test %d>" % i, "exec"), tns)
-        except BaseException as e:
-            try:
-                why = "%s: %s" % (type(e).__name__, e)
-            except BaseException:
-                why = type(e).__name__
-            report("fail", str(i), why)
-            if data["stop_on_fail"]:
-                break
-            continue
-        where = tampered()
-        if where is not None:
-            report("tampered", where)
-            return
-        report("pass", str(i))
-    report("done")
-
-_rlvr_main()
-try:
-    sys.stdout.flush()
-    sys.stderr.flush()
-finally:
-    os._exit(0)
-"""
+# main.py of an assert-style run: the harness's source (run in the sandbox, never imported here).
+HARNESS = (Path(__file__).parent / "code_harness.py").read_text(encoding="utf-8")
 
 
 def _parse_channel(channel: str, token: str, n_tests: int) -> dict[str, Any]:
@@ -670,7 +513,7 @@ def score_batch(
 ) -> list[RewardResult]:
     """:func:`code_verifier` on many samples at once, ``workers`` threads (default: CPU count) in parallel.
 
-    For evaluation and benchmarks; training scores through :class:`rlvr.rewards.Scorer` instead.
+    For evaluation and benchmarks; training scores through :class:`rlvr.scoring.Scorer` instead.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -817,7 +660,7 @@ def code_verifier(
     ``strict_compare``: refuse always-equal objects in asserts. ``reject_suspicious``: score 0 without
     running a program that mentions frame introspection, ``gc`` object scans, ``ctypes`` / process memory
     or fd 3 (they are always listed in ``info["suspicious"]``). ``prompt_key``: the example field holding
-    the HumanEval code prompt. Other keyword arguments go to :func:`rlvr.sandbox.run_program`
+    the HumanEval code prompt. Other keyword arguments go to :func:`rlvr.scoring.sandbox.run_program`
     (``memory_mb``, ``cpu_s``, ``max_output_bytes``, ``max_processes``, ``max_open_files``,
     ``max_file_mb``, ``disk_mb``, ``site_packages``, ``hide_paths``, ``python``).
 

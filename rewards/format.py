@@ -39,7 +39,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from rlvr.rewards import RewardResult, verifier
+from rlvr.scoring import RewardResult, verifier
 
 __all__ = ["check_format", "format_verifier"]
 

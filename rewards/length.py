@@ -44,7 +44,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from rlvr.rewards import RewardResult, coerce_result, resolve_verifier, verifier
+from rlvr.scoring import RewardResult, coerce_result, resolve_verifier, verifier
 
 __all__ = ["UNITS", "length_verifier", "measure", "overlong_penalty"]
 

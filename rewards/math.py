@@ -23,7 +23,7 @@ Adversarial input is bounded: a boxed or tagged answer longer than ``MAX_ANSWER_
 phrase and default extractions only look at a bounded window, text nesting brackets deeper than
 ``MAX_NESTING`` is refused (``info["error"]``), and math-verify's own ``signal.alarm`` timeouts are used when
 running in the main thread (they cannot be used in other threads, where the caller, e.g.
-:class:`rlvr.rewards.Scorer`, has to enforce time limits).
+:class:`rlvr.scoring.Scorer`, has to enforce time limits).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 from math_verify.errors import TimeoutException
 from sympy import Number
 
-from rlvr.rewards import RewardResult, verifier
+from rlvr.scoring import RewardResult, verifier
 
 MAX_ANSWER_CHARS = 1000
 """Boxed / tagged answers longer than this are not parsed (a real final answer is short)."""

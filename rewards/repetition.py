@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rlvr.rewards import RewardResult, verifier
+from rlvr.scoring import RewardResult, verifier
 
 __all__ = ["repeated_fraction", "repetition_verifier"]
 

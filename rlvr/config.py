@@ -131,7 +131,24 @@ class EADConfig(_Section):
     """The authors' code uses exp(t / (20 d_s)) with d0 = 25: tau reaches tau_min after ~370 tokens."""
 
 
-class RolloutConfig(_Section):
+class SamplingSettings(_Section):
+    """The decoding settings of training rollouts (``rollout``) and of benchmarks (a spec's ``sampling``,
+    :class:`rlvr.eval.benchmarks.SamplingSpec`), declared once; both turn them into an engine's
+    :class:`rlvr.rollout.SamplingConfig` with ``SamplingConfig.from_settings``."""
+
+    temperature: float = Field(1.0, gt=0)
+    """Softmax temperature of sampling."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 disables it)."""
+    top_k: int = Field(-1, ge=-1)
+    """-1 disables top-k."""
+    max_tokens: int = Field(128, ge=1)
+    """Maximum new tokens per completion."""
+    stop: list[str] = []
+    """Stop strings (the EOS token always stops)."""
+
+
+class RolloutConfig(SamplingSettings):
     engine: str = "vllm"
     """Rollout engine (registry: rlvr.rollout.ENGINES): vllm, or hf (transformers generate, reference)."""
     dtype: Literal["float32", "bfloat16"] | None = None
@@ -139,14 +156,6 @@ class RolloutConfig(_Section):
     the trainer's log-probs stay its own, the gap shows in actor/engine_logprob_gap."""
     num_generations: int = Field(8, ge=1)
     """G: samples per prompt."""
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(-1, ge=-1)
-    """-1 disables top-k."""
-    max_tokens: int = Field(128, ge=1)
-    """Maximum new tokens per completion."""
-    stop: list[str] = []
-    """Stop strings (the EOS token always stops)."""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     """GPU only: the fraction of GPU memory vLLM may take (it shares the GPU with the trainer)."""
     kv_cache_gb: float = Field(1.0, gt=0)
@@ -184,7 +193,7 @@ class RewardModelConfig(_Section):
     weight: float = 1.0
     """Weight of its score in the summed reward (added to the verifiers' weighted sum)."""
     model: dict[str, Any]
-    """rlvr.reward_models.build_reward_model spec, run on the trainer's device: one model {path, normalize:
+    """rlvr.scoring.build_reward_model spec, run on the trainer's device: one model {path, normalize:
     none|batch|running, batch_size, max_length, chat_template} or an ensemble {ensemble: [path, ...],
     combine: mean|min|uwo, lam, normalize} (arXiv 2310.02743). Paths: folder, alias or hub id."""
 
@@ -444,31 +453,23 @@ def _expand(value: str, recipe: Recipe) -> str:
 
 def _check_references(recipe: Recipe, base_dir: Path) -> None:
     """Registry names and local files the recipe refers to must exist (checked before models load)."""
-    from rlvr.algorithms import (
-        ADVANTAGES,
-        ENTROPY_CONTROLLERS,
-        KL_CONTROLLERS,
-        KL_ESTIMATORS,
-        LOSS_AGGREGATIONS,
-        POLICY_LOSSES,
-        TOKEN_WEIGHTS,
-    )
+    from rlvr.algorithms import PLUGIN_FAMILIES, POLICY_LOSSES
     from rlvr.algorithms.utils import needs_of
     from rlvr.data.sampler import SAMPLERS
-    from rlvr.rewards import resolve_verifier
     from rlvr.rollout import ENGINES
+    from rlvr.scoring import resolve_verifier
 
     src = recipe.source
+    algo = recipe.algorithm
     checks = [
-        ("algorithm.advantage", recipe.algorithm.advantage, ADVANTAGES),
-        ("algorithm.policy_loss", recipe.algorithm.policy_loss, POLICY_LOSSES),
-        ("algorithm.kl_estimator", recipe.algorithm.kl_estimator, KL_ESTIMATORS),
-        ("algorithm.loss_agg", recipe.algorithm.loss_agg, LOSS_AGGREGATIONS),
-        ("algorithm.kl_controller", recipe.algorithm.kl_controller, KL_CONTROLLERS),
-        ("algorithm.entropy_controller", recipe.algorithm.entropy_controller, ENTROPY_CONTROLLERS),
         *(
-            (f"algorithm.token_weights[{i}].name", w.name, TOKEN_WEIGHTS)
-            for i, w in enumerate(recipe.algorithm.token_weights)
+            (f"algorithm.{family}", getattr(algo, family), known)
+            for family, known in PLUGIN_FAMILIES.items()
+            if family != "token_weights"
+        ),
+        *(
+            (f"algorithm.token_weights[{i}].name", w.name, PLUGIN_FAMILIES["token_weights"])
+            for i, w in enumerate(algo.token_weights)
         ),
         ("sampler.name", recipe.sampler.name, SAMPLERS),
         ("rollout.engine", recipe.rollout.engine, ENGINES),
@@ -502,29 +503,109 @@ def _check_references(recipe: Recipe, base_dir: Path) -> None:
             resolve_verifier(reward.name, base_dir=base_dir)
         except Exception as exc:  # noqa: BLE001 - re-raised with the recipe key
             raise RecipeError(f"{src}: rewards.verifiers[{i}].name: {exc}") from exc
+    _check_plugin_arguments(recipe, base_dir)
     data_path = resolve_local(recipe.data.path, base_dir)
-    looks_local = recipe.data.path.endswith((".jsonl", ".json", ".parquet")) or recipe.data.path.startswith(
-        (".", "/")
-    )
-    if looks_local and data_path is None:
+    if data_path is None and looks_local(recipe.data.path):
         raise RecipeError(f"{src}: data.path: file not found: {recipe.data.path}")
     if data_path is not None:
         recipe.data.path = str(data_path)
     model_path = resolve_local(recipe.model.name_or_path, base_dir)
-    if recipe.model.name_or_path.startswith((".", "/")) and model_path is None:
+    if model_path is None and looks_local(recipe.model.name_or_path):
         raise RecipeError(f"{src}: model.name_or_path: folder not found: {recipe.model.name_or_path}")
     if model_path is not None:
         recipe.model.name_or_path = str(model_path)
 
 
-def resolve_local(path: str, base_dir: Path | None) -> Path | None:
-    """A path that exists relative to the current directory, else to ``base_dir``; None if neither."""
-    for root in (Path.cwd(), base_dir):
-        if root is None:
-            continue
-        candidate = (root / path).expanduser()
-        if candidate.exists():
-            return candidate.resolve()
+def _check_plugin_arguments(recipe: Recipe, base_dir: Path) -> None:
+    """Bind every plug-in's keyword arguments against its signature (unknown, missing, wrong type) and build
+    the coefficient controllers (their own value checks), so a typo fails here, before anything loads."""
+    from rlvr.algorithms import (
+        ADVANTAGES,
+        ENTROPY_CONTROLLERS,
+        KL_CONTROLLERS,
+        POLICY_LOSSES,
+        TOKEN_WEIGHTS,
+    )
+    from rlvr.registry import PluginArgumentError, bind_kwargs
+    from rlvr.scoring import resolve_verifier
+
+    algo = recipe.algorithm
+    checks = [
+        ("algorithm.advantage_kwargs", lambda: ADVANTAGES.bind(algo.advantage, algo.advantage_kwargs)),
+        (
+            "algorithm.policy_loss_kwargs",
+            lambda: POLICY_LOSSES.bind(algo.policy_loss, algo.policy_loss_kwargs),
+        ),
+        *(
+            (f"algorithm.token_weights[{i}].kwargs", lambda w=w: TOKEN_WEIGHTS.bind(w.name, w.kwargs))
+            for i, w in enumerate(algo.token_weights)
+        ),
+        (
+            "algorithm.kl_controller_kwargs",
+            lambda: KL_CONTROLLERS.get(algo.kl_controller)(
+                coef=algo.kl_coef, **KL_CONTROLLERS.bind(algo.kl_controller, algo.kl_controller_kwargs)
+            ),
+        ),
+        (
+            "algorithm.entropy_controller_kwargs",
+            lambda: ENTROPY_CONTROLLERS.get(algo.entropy_controller)(
+                coef=algo.entropy_coef,
+                **ENTROPY_CONTROLLERS.bind(algo.entropy_controller, algo.entropy_controller_kwargs),
+            ),
+        ),
+        *(
+            (
+                f"rewards.verifiers[{i}].kwargs",
+                lambda v=v: bind_kwargs(
+                    resolve_verifier(v.name, base_dir=base_dir), v.kwargs, f"verifier {v.name!r}", inputs=2
+                ),
+            )
+            for i, v in enumerate(recipe.rewards.verifiers)
+        ),
+    ]
+    for key, check in checks:
+        try:
+            check()
+        except PluginArgumentError as exc:
+            where = f"{key}.{exc.argument}" if exc.argument else key
+            raise RecipeError(f"{recipe.source}: {where}: {exc}") from None
+        except ValueError as exc:  # a controller's own check of its values
+            raise RecipeError(f"{recipe.source}: {key}: {exc}") from None
+
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".gz")
+"""File endings that make a name a local data file (no hub dataset or model is named like this)."""
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` can only mean a local file or folder, never a hub id or a packaged alias.
+
+    The one rule for model, data and benchmark paths: a name starting with ``/``, ``.`` (``./``, ``../``)
+    or ``~``, ending with ``/`` or a data-file ending (:data:`LOCAL_SUFFIXES`), or with more than one ``/``
+    (hub ids are ``org/name`` and start with a letter or digit). A name that looks local but does not exist
+    is an error ("not found") instead of a hub lookup.
+    """
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.endswith("/")
+        or name.count("/") > 1
+        or name.lower().endswith(LOCAL_SUFFIXES)
+    )
+
+
+def resolve_local(path: str, base_dir: Path | None, *more_roots: Path | None) -> Path | None:
+    """``path`` as an existing, resolved path; None if it does not exist.
+
+    ``~`` is expanded; an absolute path is taken as is; a relative one is looked up in the current directory,
+    then ``base_dir`` (the recipe's or spec's folder), then ``more_roots`` in order (``None`` entries are
+    skipped).
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return candidate.resolve() if candidate.exists() else None
+    for root in (Path.cwd(), base_dir, *more_roots):
+        if root is not None and (root / candidate).exists():
+            return (root / candidate).resolve()
     return None
 
 

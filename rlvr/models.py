@@ -16,6 +16,7 @@ without network access.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -24,11 +25,12 @@ import re
 import shutil
 import string
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from rlvr.config import looks_local
 from rlvr.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
     if name in MODEL_ALIASES:
         return _build_cached(MODEL_ALIASES.get(name), Path(cache_dir) if cache_dir else default_cache_dir())
     known = ", ".join(MODEL_ALIASES.names())
-    if path.exists() or _looks_like_path(name) or not _HUB_ID.match(name):
+    if path.exists() or looks_local(name) or not _HUB_ID.match(name):
         what = "is not a folder" if path.exists() else "does not exist"
         raise FileNotFoundError(
             f"model {name!r} {what}: give a local model folder, a packaged alias ({known}) "
@@ -107,10 +109,6 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
             "but it is not in the local Hugging Face cache"
         )
     return name
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or name.endswith("/") or name.count("/") > 1
 
 
 def _offline() -> bool:
@@ -138,18 +136,33 @@ def _build_cached(alias: ModelAlias, cache_dir: Path) -> Path:
         if _is_current(target, alias):  # another process finished while we waited
             return target
         logger.info("building model %r into %s (one time)", alias.name, target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{alias.name}.tmp-", dir=models))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        try:
+        with atomic_folder(target) as tmp:
             alias.build(tmp)
             marker = {"alias": alias.name, "build_version": _BUILD_VERSION}
             (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Write a folder that appears at ``target`` complete or not at all.
+
+    Yields a new empty folder next to ``target`` (same file system, readable by all like the rest of a
+    shared cache); when the ``with`` block ends without an exception it replaces ``target`` (an older
+    ``target`` is deleted first), otherwise it is deleted and ``target`` is left as it was. Writers that
+    may run at once should hold a lock so that the folder is built once (see :func:`_build_cached`).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _is_current(target: Path, alias: ModelAlias) -> bool:

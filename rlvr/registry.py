@@ -11,23 +11,112 @@ paper's name and looked up by the name a recipe gives::
 
     fn = ADVANTAGES.get(cfg.algorithm.advantage)
 
-An unknown name is an error that lists the known ones, so a typo in a recipe is caught before any model
-loads.
+An unknown name is an error that lists the known ones, and :meth:`Registry.bind` checks an entry's keyword
+hyperparameters against its signature, so a typo in a recipe (a name or an argument) is caught when the
+recipe loads, before any model loads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import inspect
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
-class Registry(Generic[T]):
-    """A name -> object mapping for one plug-in family."""
+class PluginArgumentError(ValueError):
+    """A plug-in's keyword arguments do not fit its signature (unknown, missing or of the wrong type);
+    ``argument`` names the offending one."""
 
-    def __init__(self, family: str) -> None:
+    def __init__(self, message: str, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+def hyperparameters(
+    fn: Callable, inputs: int = 0, reserved: Iterable[str] = ()
+) -> dict[str, inspect.Parameter]:
+    """The parameters of ``fn`` a recipe may set: all but the first ``inputs`` (the family's call contract),
+    ``*args`` / ``**kwargs``, the batch fields ``fn`` declares it reads (``needs``) and ``reserved`` names
+    the trainer passes itself (a controller's initial ``coef``)."""
+    skip = set(reserved) | set(getattr(fn, "needs", ()))
+    params = list(inspect.signature(fn).parameters.values())[inputs:]
+    return {
+        p.name: p
+        for p in params
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) and p.name not in skip
+    }
+
+
+def bind_kwargs(
+    fn: Callable, kwargs: Mapping[str, Any], what: str, inputs: int = 0, reserved: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Check ``kwargs`` against ``fn``'s signature; return them with the defaults of the unset ones filled in.
+
+    Raises :class:`PluginArgumentError` naming ``what`` (e.g. ``policy loss 'dapo'``) for an unknown
+    argument (unless ``fn`` takes ``**kwargs``), a missing required one, or a value that does not fit the
+    annotation (checked with pydantic in lax mode, so ``1`` passes for a ``float`` and is passed as ``1.0``).
+    """
+    settable = hyperparameters(fn, inputs, reserved)
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    for name in kwargs:
+        if name not in settable and not open_ended:
+            known = ", ".join(sorted(settable)) or "none"
+            raise PluginArgumentError(f"unknown argument {name!r} of {what} (known: {known})", name)
+    missing = [n for n, p in settable.items() if p.default is p.empty and n not in kwargs]
+    if missing:
+        raise PluginArgumentError(f"{what} needs argument(s) {', '.join(missing)}", missing[0])
+    hints = _type_hints(fn)
+    bound = {n: p.default for n, p in settable.items() if p.default is not p.empty}
+    for name, value in kwargs.items():
+        try:
+            bound[name] = _checked(value, hints.get(name), f"argument {name!r} of {what}")
+        except PluginArgumentError as exc:
+            exc.argument = name
+            raise
+    return bound
+
+
+def _type_hints(fn: Callable) -> dict[str, Any]:
+    """``fn``'s resolved annotations; {} when they cannot be resolved (a user's plug-in may use anything)."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - unresolvable annotations only lose the type check
+        return {}
+
+
+def _checked(value: Any, hint: Any, what: str) -> Any:
+    if hint is None or hint is Any:
+        return value
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        adapter = TypeAdapter(hint)
+    except Exception:  # noqa: BLE001 - a type pydantic cannot check (a tensor, a callable): not checked
+        return value
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        expected = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        reason = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+        raise PluginArgumentError(f"{what} expects {expected}, got {value!r} ({reason})") from None
+
+
+class Registry(Generic[T]):
+    """A name -> object mapping for one plug-in family.
+
+    ``inputs`` is how many leading positional arguments the family's contract passes (a policy loss: 4,
+    an advantage estimator: 1, a verifier: 2); ``reserved`` names arguments the trainer sets itself. The
+    rest of an entry's parameters are its hyperparameters, set from the recipe and checked by :meth:`bind`.
+    """
+
+    def __init__(self, family: str, inputs: int = 0, reserved: Iterable[str] = ()) -> None:
         self.family = family
+        self.inputs = inputs
+        self.reserved = tuple(reserved)
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -47,6 +136,11 @@ class Registry(Generic[T]):
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "(none)"
             raise KeyError(f"unknown {self.family} {name!r}; known: {known}") from None
+
+    def bind(self, name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """``kwargs`` of entry ``name`` checked against its signature, with defaults filled in
+        (:func:`bind_kwargs`); raises :class:`PluginArgumentError` (or ``KeyError`` for an unknown name)."""
+        return bind_kwargs(self.get(name), kwargs, f"{self.family} {name!r}", self.inputs, self.reserved)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -11,12 +11,12 @@ checkpoint. Every algorithmic choice is a registry name from the recipe.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,29 +24,19 @@ import torch
 from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
-from rlvr.algorithms import (
-    ADVANTAGES,
-    ENTROPY_CONTROLLERS,
-    KL_CONTROLLERS,
-    KL_ESTIMATORS,
-    POLICY_LOSSES,
-    TOKEN_WEIGHTS,
-    AdvantageInputs,
-    TokenWeightInputs,
-    combine_token_weights,
-    gae_returns,
-)
-from rlvr.algorithms.utils import needs_of
+from rlvr.algorithms import ADVANTAGES, POLICY_LOSSES, AdvantageInputs
 from rlvr.config import Recipe, RecipeError, dump_recipe, load_recipe
 from rlvr.data import SAMPLERS, load_prompts
 from rlvr.models import resolve_model
-from rlvr.rewards import RewardSpec, Scorer
 from rlvr.rollout import ENGINES, EngineOptions, RolloutEngine
-from rlvr.trainer.batch import make_batch
+from rlvr.scoring import RewardSpec, Scorer, build_reward_model
+from rlvr.trainer.batch import batch_of_groups
 from rlvr.trainer.checkpoint import load_latest, save_checkpoint, save_final_model
 from rlvr.trainer.collect import collect
+from rlvr.trainer.components import Component, Requests, build_components, merge_requests, requests_of
+from rlvr.trainer.distributed import gathered, global_means, global_sums
 from rlvr.trainer.evaluation import PeriodicEvaluator
-from rlvr.trainer.logprobs import behaviour_statistics
+from rlvr.trainer.logprobs import critic_output, fill_fields, policy_output
 from rlvr.trainer.metrics import MetricsLogger
 from rlvr.trainer.setup import (
     configure_deepspeed,
@@ -59,7 +49,7 @@ from rlvr.trainer.setup import (
     reset_reference,
     unpartitioned,
 )
-from rlvr.trainer.update import UpdateContext, forward_logprobs, forward_values, has_critic, policy_update
+from rlvr.trainer.update import UpdateContext, policy_update, update_needs
 from rlvr.trainer.weights import gathered_parameters, policy_state
 
 logger = logging.getLogger("rlvr")
@@ -77,16 +67,24 @@ class Trainer:
     tokenizer: object
     log: MetricsLogger
     layout: dict[str, int]
-    kl_controller: object
-    entropy_controller: object
+    advantage: tuple[Callable, dict]
+    """The configured advantage estimator: (function, bound hyperparameters)."""
+    requests: Requests
+    """Batch fields the chosen plug-ins read (field -> statistic parameters), filled before advantages."""
+    forwards: dict[str, Callable]
+    """The models the pre-update pass may run (:func:`rlvr.trainer.logprobs.fill_fields`)."""
     reward_models: list = dataclasses.field(default_factory=list)
-    """(name, weight, model) of each learned reward model (rlvr.reward_models)."""
+    """(name, weight, model) of each learned reward model (rlvr.scoring.build_reward_model)."""
     evaluator: PeriodicEvaluator | None = None
     step: int = 0
 
     @property
     def accelerator(self):
         return self.ctx.accelerator
+
+    @property
+    def components(self) -> list[Component]:
+        return self.ctx.components
 
 
 def build(recipe: Recipe) -> Trainer:
@@ -106,8 +104,13 @@ def build(recipe: Recipe) -> Trainer:
     sampler = SAMPLERS.get(recipe.sampler.name)(dataset, seed=recipe.run.seed)
 
     algo = recipe.algorithm
+    advantage = (ADVANTAGES.get(algo.advantage), ADVANTAGES.bind(algo.advantage, algo.advantage_kwargs))
+    policy_loss = (
+        POLICY_LOSSES.get(algo.policy_loss),
+        POLICY_LOSSES.bind(algo.policy_loss, algo.policy_loss_kwargs),
+    )
     critic_path = None
-    if "values" in needs_of(ADVANTAGES.get(algo.advantage)):
+    if "values" in requests_of(*advantage):
         with accelerator.main_process_first():
             critic_path = str(resolve_model(algo.critic.model)) if algo.critic.model else model_path
     model = load_policy(model_path, recipe, critic_path=critic_path)
@@ -115,10 +118,25 @@ def build(recipe: Recipe) -> Trainer:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     ref_model = make_reference(accelerator, model_path, recipe) if algo.kl_coef > 0 else None
-    kl_controller = KL_CONTROLLERS.get(algo.kl_controller)(coef=algo.kl_coef, **algo.kl_controller_kwargs)
-    entropy_controller = ENTROPY_CONTROLLERS.get(algo.entropy_controller)(
-        coef=algo.entropy_coef, **algo.entropy_controller_kwargs
+
+    def reset() -> None:  # ProRL: the reference becomes the current policy
+        reset_reference(accelerator, model, ref_model)
+        if algo.reset_optimizer_with_reference:
+            reset_optimizer_state(optimizer)
+
+    components = build_components(recipe, advantage, reset_reference=reset if ref_model is not None else None)
+    requests = merge_requests(
+        requests_of(*advantage),
+        requests_of(*policy_loss),
+        update_needs(recipe),
+        *(c.needs for c in components),
     )
+    temperature = recipe.rollout.temperature
+    forwards = {"policy": policy_output(model, temperature)}
+    if ref_model is not None:
+        forwards["reference"] = policy_output(ref_model, temperature)
+    if critic_path is not None:
+        forwards["critic"] = critic_output(model)
 
     r = recipe.rollout
     options = EngineOptions(
@@ -149,9 +167,8 @@ def build(recipe: Recipe) -> Trainer:
         recipe=recipe,
         micro_batch=layout["micro_batch"],
         grad_accum=layout["grad_accum"],
-        ref_model=ref_model,
-        kl_coef=kl_controller.value,
-        entropy_coef=entropy_controller.value,
+        policy_loss=policy_loss,
+        components=components,
     )
     log = MetricsLogger(run_dir, accelerator.is_main_process, recipe.run.tensorboard)
     trainer = Trainer(
@@ -163,8 +180,9 @@ def build(recipe: Recipe) -> Trainer:
         tokenizer,
         log,
         layout,
-        kl_controller,
-        entropy_controller,
+        advantage=advantage,
+        requests=requests,
+        forwards=forwards,
         reward_models=_load_reward_models(recipe, accelerator),
     )
     if recipe.eval.every:
@@ -174,11 +192,9 @@ def build(recipe: Recipe) -> Trainer:
         if state is not None:
             trainer.step = state["step"]
             sampler.load_state_dict(state["sampler"])
-            kl_controller.load_state_dict(state.get("kl_controller", kl_controller.state_dict()))
-            entropy_controller.load_state_dict(
-                state.get("entropy_controller", entropy_controller.state_dict())
-            )
-            ctx.kl_coef, ctx.entropy_coef = kl_controller.value, entropy_controller.value
+            for component in components:
+                if component.state_key in state:
+                    component.load_state_dict(state[component.state_key])
             sync_weights(trainer)
             if accelerator.is_main_process:
                 print(f"resumed from step {trainer.step} in {run_dir}", flush=True)
@@ -187,7 +203,6 @@ def build(recipe: Recipe) -> Trainer:
 
 def _load_reward_models(recipe: Recipe, accelerator) -> list:
     """Each ``rewards.reward_models`` entry, built on this process's device."""
-    from rlvr.reward_models import build_reward_model
 
     def resolved(spec: dict) -> dict:
         spec = dict(spec)
@@ -235,181 +250,85 @@ def sync_weights(trainer: Trainer) -> float:
     return time.perf_counter() - start
 
 
-def _global_mean_std(accelerator, values: torch.Tensor) -> tuple[float, float, torch.Tensor]:
-    everything = accelerator.gather(values.to(accelerator.device)).float().cpu()
-    std = float(everything.std()) if everything.numel() > 1 else 0.0
-    return float(everything.mean()), std, everything
-
-
-def _token_weight_entries(recipe: Recipe) -> list[tuple[object, dict]]:
-    algo = recipe.algorithm
-    entries = [(TOKEN_WEIGHTS.get(w.name), dict(w.kwargs)) for w in algo.token_weights]
-    if algo.overlong.mask_truncated:
-        entries.append((TOKEN_WEIGHTS.get("overlong_mask"), {}))
-    return entries
-
-
-def _proxy_kappa(recipe: Recipe, loss_fn) -> float | None:
-    """Lp-Reg's min-p threshold when the loss reads proxy log-probs (the loss's own ``kappa`` argument)."""
-    if "proxy_logprobs" not in needs_of(loss_fn):
-        return None
-    default = inspect.signature(loss_fn).parameters["kappa"].default
-    return float(recipe.algorithm.policy_loss_kwargs.get("kappa", default))
-
-
 def run_step(t: Trainer) -> dict[str, float]:
     """One RL step; returns its metrics (identical on every process)."""
-    recipe, acc, ctx = t.recipe, t.accelerator, t.ctx
-    algo = recipe.algorithm
-    estimator = ADVANTAGES.get(algo.advantage)
-    loss_fn = POLICY_LOSSES.get(algo.policy_loss)
+    acc, ctx = t.accelerator, t.ctx
     timer = {"start": time.perf_counter()}
 
-    # 1-3. prompts -> completions -> rewards (+ dynamic sampling, overlong shaping, greedy baselines)
-    groups, collect_metrics = collect(t, greedy_baseline="baseline_rewards" in needs_of(estimator))
+    # 1-3. prompts -> completions -> rewards (dynamic sampling, reward shaping, fields collection provides)
+    groups, collect_metrics = collect(t, t.requests)
     timer["rollout"] = time.perf_counter()
     if acc.is_main_process:
         _print_samples(t, groups)
-    prompt_ids = [g.row["prompt_ids"] for g in groups]
-    completions = [
-        dataclasses.replace(c, prompt_index=i) for i, g in enumerate(groups) for c in g.completions
-    ]
-    rewards = [r for g in groups for r in g.rewards]
     offset = acc.process_index * len(groups)
-    batch = make_batch(prompt_ids, completions, rewards, _pad_id(t.tokenizer), group_offset=offset)
+    batch = batch_of_groups(groups, _pad_id(t.tokenizer), group_offset=offset).to(acc.device)
     verdicts = torch.tensor([v for g in groups for v in g.verdicts])  # [N]
-    mask = batch.response_mask  # [N, T]
 
-    # 4. what the plug-ins need from the policy before it changes: one no-grad pass
-    weight_entries = _token_weight_entries(recipe)
-    kl_to_reward = algo.kl_placement == "reward" and ctx.kl_coef > 0
-    kappa = _proxy_kappa(recipe, loss_fn)
-    if weight_entries or kl_to_reward or kappa is not None or "old_logprobs" in needs_of(estimator):
-        ctx.model.eval()
-        stats = behaviour_statistics(
-            ctx.model,
-            batch.to(acc.device),
-            ctx.micro_batch,
-            recipe.rollout.temperature,
-            entropy=bool(weight_entries),
-            proxy_kappa=kappa,
-        )
-        batch.old_logprobs = stats["logprobs"].cpu()
-        batch.old_entropy = stats["entropy"].cpu() if "entropy" in stats else None
-        batch.proxy_logprobs = stats["proxy_logprobs"].cpu() if kappa is not None else None
-    if ctx.kl_coef > 0:
-        batch.ref_logprobs = forward_logprobs(
-            ctx.ref_model, batch.to(acc.device), ctx.micro_batch, recipe.rollout.temperature
-        ).cpu()
-    if has_critic(ctx.model):
-        ctx.model.eval()
-        batch.old_values = forward_values(ctx.model, batch.to(acc.device), ctx.micro_batch).cpu()
+    # 4. what the plug-ins read from the models before the update: one no-grad pass per model
+    ctx.model.eval()
+    fill_fields(batch, t.requests, t.forwards, ctx.micro_batch)
 
-    # 5. advantages (a KL penalty in the reward goes in first)
-    sequence_rewards, token_rewards = batch.sequence_rewards, None
-    extra_metrics: dict[str, float] = {}
-    if kl_to_reward:
-        kl = KL_ESTIMATORS.get(algo.kl_estimator)(batch.old_logprobs, batch.ref_logprobs) * mask  # [N, T]
-        extra_metrics["actor/kl_reward_penalty"] = float(ctx.kl_coef * kl.sum(-1).mean())
-        extra_metrics["actor/kl"] = float(kl.sum() / mask.sum().clamp(min=1))  # per token, as in the loss
-        if "token_rewards" in needs_of(estimator):
-            token_rewards = -ctx.kl_coef * kl
-        else:
-            sequence_rewards = sequence_rewards - ctx.kl_coef * kl.sum(-1)
-    inputs = AdvantageInputs(
-        sequence_rewards=sequence_rewards,
-        group_index=batch.group_index,
-        response_mask=mask,
-        token_rewards=token_rewards,
-        values=batch.old_values,
-        old_logprobs=batch.old_logprobs,
-        ref_logprobs=batch.ref_logprobs,
-        baseline_rewards=_baselines(groups),
-    )
-    batch.advantages = estimator(inputs, **algo.advantage_kwargs)
-    if batch.old_values is not None:
-        batch.returns = gae_returns(inputs, **algo.advantage_kwargs)
+    # 5. advantages, from inputs the components may shape first (a KL penalty in the reward)
+    inputs = AdvantageInputs.from_batch(batch)
+    step_metrics: dict[str, float] = {}
+    for component in t.components:
+        inputs, shaped = component.shape(inputs, batch)
+        step_metrics.update(shaped)
+    estimator, estimator_kwargs = t.advantage
+    batch.advantages = estimator(inputs, **estimator_kwargs)  # [N, T]
 
-    # 6. token selection / reweighting
-    if weight_entries:
-        weight_inputs = TokenWeightInputs(
-            response_mask=mask,
-            old_logprobs=batch.old_logprobs,
-            engine_logprobs=batch.engine_logprobs,
-            advantages=batch.advantages,
-            truncated=batch.truncated,
-            old_entropy=batch.old_entropy,
-        )
-        batch.token_weights, weight_metrics = combine_token_weights(weight_entries, weight_inputs)
-        extra_metrics.update({f"tokens/{k}": float(v) for k, v in weight_metrics.items()})
+    # 6. what the components derive from the advantages (critic returns, token weights)
+    for component in t.components:
+        step_metrics.update(component.after_advantages(batch, inputs))
 
-    # 7. policy update
-    update_metrics = policy_update(ctx, batch)
+    # 7. policy update, weight sync
+    step_metrics.update(policy_update(ctx, batch))
     timer["update"] = time.perf_counter()
-
-    # 8. reference reset (ProRL), weight sync
     t.step += 1
-    every = algo.reference_reset_every
-    if every and ctx.ref_model is not None and t.step % every == 0:
-        reset_reference(acc, ctx.model, ctx.ref_model)
-        if algo.reset_optimizer_with_reference:
-            reset_optimizer_state(ctx.optimizer)
-        extra_metrics["actor/reference_reset"] = 1.0
     sync_s = sync_weights(t)
     timer["sync"] = time.perf_counter()
 
-    metrics = _step_metrics(t, batch, verdicts, groups, {**update_metrics, **extra_metrics}, timer, sync_s)
+    metrics = _step_metrics(t, batch, verdicts, groups, step_metrics, timer, sync_s)
     metrics.update(collect_metrics)
+    for component in t.components:
+        metrics.update(component.report())
 
-    # 9. coefficient controllers see the step's global measurements
-    if "actor/kl" in metrics:
-        ctx.kl_coef = t.kl_controller.update(metrics["actor/kl"], n_steps=len(batch) * acc.num_processes)
-    if "actor/entropy" in metrics:
-        ctx.entropy_coef = t.entropy_controller.update(metrics["actor/entropy"])
+    # 8. the components see the step's global metrics (coefficient controllers, reference reset)
+    samples = len(batch) * acc.num_processes
+    for component in t.components:
+        metrics.update(component.end_step(t.step, metrics, samples))
     return metrics
-
-
-def _baselines(groups) -> torch.Tensor | None:
-    if groups[0].baseline is None:
-        return None
-    return torch.tensor([g.baseline for g in groups for _ in g.completions], dtype=torch.float)  # [N]
 
 
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _step_metrics(t: Trainer, batch, verdicts, groups, update_metrics, timer, sync_s) -> dict[str, float]:
+def _step_metrics(t: Trainer, batch, verdicts, groups, local_metrics, timer, sync_s) -> dict[str, float]:
     acc = t.accelerator
-    reward_mean, reward_std, rewards = _global_mean_std(acc, batch.sequence_rewards)
-    lengths = acc.gather(batch.response_mask.sum(1).to(acc.device)).float().cpu()  # [N * processes]
-    truncated = acc.gather(batch.truncated.float().to(acc.device)).cpu()
-    all_verdicts = acc.gather(verdicts.float().to(acc.device)).cpu()
+    rewards = gathered(acc, batch.sequence_rewards)  # [N * processes]
+    lengths = gathered(acc, batch.response_mask.sum(1))  # [N * processes]
+    truncated = gathered(acc, batch.truncated)
+    all_verdicts = gathered(acc, verdicts)
     # per-verifier means over the rows each scored (routing may leave a process without any): global sums
     names = [*t.scorer.names, *(name for name, _, _ in t.reward_models)]
-    sums = torch.zeros(2 * len(names), dtype=torch.float64)
+    sums = [0.0] * (2 * len(names))
     for g in groups:
         for k, name in enumerate(names):
             scored = [v for v in g.per_reward.get(name, []) if v is not None]
             sums[k] += sum(scored)
             sums[len(names) + k] += len(scored)
-    if acc.num_processes > 1:
-        sums = acc.reduce(sums.to(acc.device), reduction="sum").cpu()
-    local = dict(update_metrics)
-    keys = sorted(local)
-    values = torch.tensor([local[k] for k in keys], dtype=torch.float64, device=acc.device)
-    if acc.num_processes > 1:
-        values = acc.reduce(values, reduction="mean")
-    rollout_s = timer["rollout"] - timer["start"]
-    total_tokens = float(lengths.sum())
-    metrics = dict(zip(keys, values.cpu().tolist(), strict=True))
+    sums = global_sums(acc, sums)
+    metrics = global_means(acc, local_metrics)
     for k, name in enumerate(names):
         if sums[len(names) + k] > 0:
             metrics[f"reward/{name}/mean"] = float(sums[k] / sums[len(names) + k])
+    rollout_s = timer["rollout"] - timer["start"]
+    total_tokens = float(lengths.sum())
     metrics.update(
         {
-            "reward/mean": reward_mean,
-            "reward/std": reward_std,
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             "reward/accuracy": float((all_verdicts >= t.recipe.rewards.correct_threshold).float().mean()),
             "response/length_mean": float(lengths.mean()),
             "response/length_max": float(lengths.max()),
@@ -435,12 +354,10 @@ def _print_samples(t: Trainer, groups) -> None:
 
 
 def _trainer_state(t: Trainer) -> dict:
-    """What a checkpoint needs besides the accelerate state."""
-    return {
-        "sampler": t.sampler.state_dict(),
-        "kl_controller": t.kl_controller.state_dict(),
-        "entropy_controller": t.entropy_controller.state_dict(),
-    }
+    """What a checkpoint needs besides the accelerate state: the sampler and every component's state."""
+    state = {"sampler": t.sampler.state_dict()}
+    state.update({c.state_key: c.state_dict() for c in t.components if c.state_key})
+    return state
 
 
 def train(recipe: Recipe) -> Path:

@@ -32,7 +32,8 @@ class RolloutBatch:
     ref_logprobs: torch.Tensor | None = None  # [N, T] reference-policy logprobs
     old_entropy: torch.Tensor | None = None  # [N, T] trainer token entropy before the update
     proxy_logprobs: torch.Tensor | None = None  # [N, T] Lp-Reg min-p proxy logprobs of the sampled tokens
-    old_values: torch.Tensor | None = None  # [N, T] critic values before the update
+    values: torch.Tensor | None = None  # [N, T] critic values V(s_t) before the update
+    baseline_rewards: torch.Tensor | None = None  # [N] reward of a baseline response to the same prompt
     returns: torch.Tensor | None = None  # [N, T] critic regression targets
     token_weights: torch.Tensor | None = None  # [N, T] token reweighting / selection; 0 drops a token
 

@@ -17,7 +17,7 @@ import random
 import statistics
 import time
 
-from rlvr.rewards import RewardSpec, Scorer
+from rlvr.scoring import RewardSpec, Scorer
 
 NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Ken", "Alexis", "Tina", "Mark"]
 ITEMS = ["clips", "apples", "pages", "dollars", "marbles", "cookies", "stickers", "books"]

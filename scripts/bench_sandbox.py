@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from rewards.code import score_batch
-from rlvr import sandbox
+from rlvr.scoring import sandbox
 
 _ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HUMANEVAL = (

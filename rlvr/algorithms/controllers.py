@@ -61,8 +61,8 @@ class CoefficientController(Protocol):
 
 ControllerFactory = Callable[..., CoefficientController]
 
-KL_CONTROLLERS: Registry[ControllerFactory] = Registry("KL controller")
-ENTROPY_CONTROLLERS: Registry[ControllerFactory] = Registry("entropy controller")
+KL_CONTROLLERS: Registry[ControllerFactory] = Registry("KL controller", reserved=("coef",))
+ENTROPY_CONTROLLERS: Registry[ControllerFactory] = Registry("entropy controller", reserved=("coef",))
 
 
 def _get(state: Mapping[str, Any], key: str, owner: object) -> Any:

@@ -31,7 +31,7 @@ __all__ = ["KL_ESTIMATORS", "KLEstimatorFn", "kl_k1", "kl_k2", "kl_k3"]
 KLEstimatorFn = Callable[..., torch.Tensor]
 """``fn(logprobs, ref_logprobs, **hparams) -> [N, T]`` per-token KL estimate."""
 
-KL_ESTIMATORS: Registry[KLEstimatorFn] = Registry("kl estimator")
+KL_ESTIMATORS: Registry[KLEstimatorFn] = Registry("kl estimator", inputs=2)
 
 
 @KL_ESTIMATORS.register("k1")

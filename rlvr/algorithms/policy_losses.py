@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from rlvr.algorithms.kl import kl_k3
-from rlvr.algorithms.utils import masked_mean, needs
+from rlvr.algorithms.utils import masked_max, masked_mean, masked_min, needs
 from rlvr.registry import Registry
 
 __all__ = [
@@ -69,7 +69,7 @@ __all__ = [
 PolicyLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """``fn(logprobs, old_logprobs, advantages, mask, **hparams) -> ([N, T] loss, metrics)``."""
 
-POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss", inputs=4)
 
 MAX_LOG_RATIO = 20.0
 """Bound on ``|logprobs - old_logprobs|`` before exponentiating, so that ``exp`` cannot overflow.
@@ -77,12 +77,6 @@ MAX_LOG_RATIO = 20.0
 ``exp(20) ~ 5e8``: a token that far off-policy is clipped (or dual-clipped) anyway in any sane setting,
 so the bound only matters for numerical safety.
 """
-
-
-def _masked_max(x: torch.Tensor, mask: torch.Tensor, empty_value: float) -> torch.Tensor:
-    """Maximum of ``x`` over masked entries; ``empty_value`` when there are none (no host sync)."""
-    filled = torch.where(mask, x, torch.full_like(x, float("-inf")))
-    return torch.where(mask.any(), filled.max(), torch.full_like(filled.max(), empty_value))
 
 
 def _check_clip_range(clip_eps_low: float, clip_eps_high: float) -> None:
@@ -141,8 +135,8 @@ def _ratio_metrics(ratio: torch.Tensor, m: torch.Tensor) -> dict[str, torch.Tens
     ratio_d = ratio.detach()
     return {
         "ratio_mean": masked_mean(ratio_d, m),
-        "ratio_min": -_masked_max(-ratio_d, m, empty_value=-1.0),
-        "ratio_max": _masked_max(ratio_d, m, empty_value=1.0),
+        "ratio_min": masked_min(ratio_d, m, empty_value=1.0),
+        "ratio_max": masked_max(ratio_d, m, empty_value=1.0),
     }
 
 
@@ -827,7 +821,7 @@ def _lowest_fraction(values: torch.Tensor, candidates: torch.Tensor, fraction: f
 
 
 @POLICY_LOSSES.register("lp_reg")
-@needs("proxy_logprobs")
+@needs("proxy_logprobs", params={"proxy_logprobs": ("kappa",)})
 def lp_reg_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

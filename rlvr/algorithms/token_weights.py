@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from rlvr.algorithms.policy_losses import MAX_LOG_RATIO
-from rlvr.algorithms.utils import masked_mean, needs
+from rlvr.algorithms.utils import from_fields, masked_max, masked_mean, masked_min, needs
 from rlvr.registry import Registry
 
 __all__ = [
@@ -62,7 +62,7 @@ __all__ = [
 TokenWeightFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """``fn(inputs: TokenWeightInputs, **hparams) -> ([N, T] weights, metrics)``."""
 
-TOKEN_WEIGHTS: Registry[TokenWeightFn] = Registry("token weighting")
+TOKEN_WEIGHTS: Registry[TokenWeightFn] = Registry("token weighting", inputs=1)
 
 LEVELS = ("token", "sequence")
 """Valid values of ``level`` for :func:`tis` and :func:`mismatch_mask`."""
@@ -90,6 +90,11 @@ class TokenWeightInputs:
     truncated: torch.Tensor  # [N] bool
     old_entropy: torch.Tensor | None = None  # [N, T]
 
+    @classmethod
+    def from_batch(cls, batch: object, **overrides: object) -> TokenWeightInputs:
+        """These fields of ``batch`` (a :class:`~rlvr.types.RolloutBatch`), by name (:func:`from_fields`)."""
+        return from_fields(cls, batch, **overrides)
+
     def __post_init__(self) -> None:
         if self.response_mask.dim() != 2:
             raise ValueError(f"response_mask must be [N, T], got shape {tuple(self.response_mask.shape)}")
@@ -114,12 +119,6 @@ class TokenWeightInputs:
     def dtype(self) -> torch.dtype:
         """The dtype of the weights: ``old_logprobs``' dtype, at least float32."""
         return torch.promote_types(self.old_logprobs.dtype, torch.float32)
-
-
-def _masked_max(x: torch.Tensor, m: torch.Tensor, empty_value: float) -> torch.Tensor:
-    """Maximum of ``x`` over the entries where ``m`` is true; ``empty_value`` when there are none."""
-    filled = torch.where(m, x, torch.full_like(x, float("-inf"))).max()
-    return torch.where(m.any(), filled, torch.full_like(filled, empty_value))
 
 
 def _check_level(level: str) -> None:
@@ -253,8 +252,8 @@ def tis(
     with torch.no_grad():
         metrics = {
             "ratio_mean": masked_mean(ratio, unit),
-            "ratio_min": -_masked_max(-ratio, unit, empty_value=-1.0),
-            "ratio_max": _masked_max(ratio, unit, empty_value=1.0),
+            "ratio_min": masked_min(ratio, unit, empty_value=1.0),
+            "ratio_max": masked_max(ratio, unit, empty_value=1.0),
             "capped_frac": masked_mean((ratio > cap).float(), unit),
         }
     return weights, metrics

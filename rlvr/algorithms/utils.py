@@ -8,25 +8,33 @@ Empty masks give 0 instead of ``NaN``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TypeVar
 
 import torch
 
 __all__ = [
+    "masked_max",
+    "critic_targets",
+    "critic_targets_of",
+    "from_fields",
     "masked_mean",
+    "masked_min",
     "masked_sum",
     "masked_var",
     "masked_whiten",
     "needs",
+    "need_params_of",
     "needs_of",
     "safe_denominator",
 ]
 
 F = TypeVar("F", bound=Callable)
+D = TypeVar("D")
 
 
-def needs(*fields: str) -> Callable[[F], F]:
+def needs(*fields: str, params: dict[str, tuple[str, ...]] | None = None) -> Callable[[F], F]:
     """Declare the extra batch fields a plug-in function reads, passed to it as keyword arguments.
 
     The trainer computes only what some plug-in declares (a no-grad forward for ``proxy_logprobs``, a
@@ -36,10 +44,19 @@ def needs(*fields: str) -> Callable[[F], F]:
         @POLICY_LOSSES.register("my_loss")
         @needs("group_index", "sequence_rewards")
         def my_loss(logprobs, old_logprobs, advantages, mask, *, group_index, sequence_rewards): ...
+
+    ``params`` names, per field, the plug-in's own hyperparameters the field is computed with: Lp-Reg's
+    ``@needs("proxy_logprobs", params={"proxy_logprobs": ("kappa",)})`` has the proxy log-probs computed
+    with the loss's ``kappa`` (the recipe's value, else the loss's default).
     """
+    params = dict(params or {})
+    unknown = set(params) - set(fields)
+    if unknown:
+        raise ValueError(f"params given for fields not declared: {sorted(unknown)}")
 
     def mark(fn: F) -> F:
         fn.needs = frozenset(fields)  # type: ignore[attr-defined]
+        fn.need_params = {k: tuple(v) for k, v in params.items()}  # type: ignore[attr-defined]
         return fn
 
     return mark
@@ -48,6 +65,35 @@ def needs(*fields: str) -> Callable[[F], F]:
 def needs_of(fn: Callable) -> frozenset[str]:
     """The fields ``fn`` declared with :func:`needs` (empty when it declared none)."""
     return getattr(fn, "needs", frozenset())
+
+
+def need_params_of(fn: Callable) -> dict[str, tuple[str, ...]]:
+    """Per declared field, the names of ``fn``'s hyperparameters it is computed with (see :func:`needs`)."""
+    return getattr(fn, "need_params", {})
+
+
+def critic_targets(returns: Callable) -> Callable[[F], F]:
+    """Declare that an advantage estimator learns a critic: ``returns(inputs, **hparams)`` gives the critic's
+    regression targets for the same inputs and hyperparameters (GAE's lambda-returns). The trainer's critic
+    reads it from the estimator; an estimator that declares it should also declare ``@needs("values")``."""
+
+    def mark(fn: F) -> F:
+        fn.critic_targets = returns  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def critic_targets_of(fn: Callable) -> Callable | None:
+    """The returns function ``fn`` declared with :func:`critic_targets`; None when it uses no critic."""
+    return getattr(fn, "critic_targets", None)
+
+
+def from_fields(cls: type[D], source: object, **overrides: object) -> D:
+    """A ``cls`` dataclass whose fields are taken by name from ``source`` (a batch; a field it lacks is
+    None), then ``overrides``: a new batch field reaches the plug-ins that read it without glue code."""
+    values = {f.name: getattr(source, f.name, None) for f in dataclasses.fields(cls)}
+    return cls(**{**values, **overrides})
 
 
 def safe_denominator(denominator: torch.Tensor) -> torch.Tensor:
@@ -76,6 +122,27 @@ def masked_mean(
     total = masked_sum(x, w, dim)
     count = w.sum() if dim is None else w.sum(dim=dim)
     return total / safe_denominator(count)
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor, empty_value: float = 0.0) -> torch.Tensor:
+    """Largest entry of ``x`` where ``mask`` is nonzero (a scalar); ``empty_value`` when there is none.
+
+    Masked-out entries are replaced by ``-inf`` before the reduction, so padding holding ``inf`` or ``NaN``
+    never leaks in; the empty case is chosen with :func:`torch.where`, so there is no host sync.
+    """
+    keep = mask != 0
+    largest = torch.where(keep, x, torch.full_like(x, float("-inf"))).max()
+    return torch.where(keep.any(), largest, torch.full_like(largest, empty_value))
+
+
+def masked_min(x: torch.Tensor, mask: torch.Tensor, empty_value: float = 0.0) -> torch.Tensor:
+    """Smallest entry of ``x`` where ``mask`` is nonzero (a scalar); ``empty_value`` when there is none.
+
+    The mirror of :func:`masked_max` (masked-out entries become ``+inf``).
+    """
+    keep = mask != 0
+    smallest = torch.where(keep, x, torch.full_like(x, float("inf"))).min()
+    return torch.where(keep.any(), smallest, torch.full_like(smallest, empty_value))
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from rlvr.algorithms.advantages import ADVANTAGES, AdvantageInputs
-from rlvr.algorithms.utils import masked_mean, masked_var, masked_whiten, needs
+from rlvr.algorithms.utils import critic_targets, masked_mean, masked_var, masked_whiten, needs
 
 __all__ = [
     "gae",
@@ -116,8 +116,27 @@ def _gae_of_inputs(inputs: AdvantageInputs, gamma: float, lam: float) -> tuple[t
     return gae(token_rewards, inputs.values, inputs.response_mask, gamma=gamma, lam=lam)
 
 
+def gae_returns(
+    inputs: AdvantageInputs, *, gamma: float = 1.0, lam: float = 1.0, **_ignored: object
+) -> torch.Tensor:
+    """The critic's regression targets ``R_t = A_t + V_t`` (un-whitened) for :func:`gae_advantages`.
+
+    Takes the same keyword arguments as :func:`gae_advantages` (the estimator's ``whiten`` and ``eps``
+    are accepted and ignored), so the trainer can pass the recipe's advantage hyper-parameters to both.
+
+    Returns:
+        ``[N, T]`` returns, 0 where ``response_mask`` is 0.
+
+    Raises:
+        ValueError: ``inputs.values`` is None.
+    """
+    _, returns = _gae_of_inputs(inputs, gamma, lam)  # [N, T]
+    return returns
+
+
 @ADVANTAGES.register("gae")
 @needs("values", "token_rewards")
+@critic_targets(gae_returns)
 def gae_advantages(
     inputs: AdvantageInputs,
     *,
@@ -157,24 +176,6 @@ def gae_advantages(
     if whiten:
         advantages = masked_whiten(advantages, inputs.response_mask, eps=eps)  # [N, T]
     return advantages
-
-
-def gae_returns(
-    inputs: AdvantageInputs, *, gamma: float = 1.0, lam: float = 1.0, **_ignored: object
-) -> torch.Tensor:
-    """The critic's regression targets ``R_t = A_t + V_t`` (un-whitened) for :func:`gae_advantages`.
-
-    Takes the same keyword arguments as :func:`gae_advantages` (the estimator's ``whiten`` and ``eps``
-    are accepted and ignored), so the trainer can pass the recipe's advantage hyper-parameters to both.
-
-    Returns:
-        ``[N, T]`` returns, 0 where ``response_mask`` is 0.
-
-    Raises:
-        ValueError: ``inputs.values`` is None.
-    """
-    _, returns = _gae_of_inputs(inputs, gamma, lam)  # [N, T]
-    return returns
 
 
 def value_loss(

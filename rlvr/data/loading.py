@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlvr.config import DataConfig
+from rlvr.config import DataConfig, looks_local
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _load_raw(cfg: DataConfig):
             raise ValueError(
                 f"data.path {path}: cannot load split {cfg.split!r} (data.split): {err}"
             ) from err
-    if path.suffix.lower() in _LOCAL_FORMATS or _looks_local(cfg.path):
+    if looks_local(cfg.path):
         raise FileNotFoundError(f"data.path: {cfg.path} does not exist (looked for {path.resolve()})")
     try:
         dataset = load_dataset(cfg.path, cfg.subset, split=cfg.split)
@@ -143,10 +143,6 @@ def _load_raw(cfg: DataConfig):
             f"must already be cached: {err}"
         ) from err
     return dataset, f"{cfg.path}" + (f"/{cfg.subset}" if cfg.subset else "") + f" [{cfg.split}]"
-
-
-def _looks_local(path: str) -> bool:
-    return path.startswith(("/", "./", "../", "~")) or path.count("/") > 1
 
 
 def _check_columns(columns: list[str], cfg: DataConfig, source: str) -> None:

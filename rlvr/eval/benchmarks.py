@@ -30,7 +30,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlvr.config import RecipeError, format_validation_error, merge_trees, parse_overrides
+from rlvr.config import (
+    RecipeError,
+    SamplingSettings,
+    format_validation_error,
+    looks_local,
+    merge_trees,
+    parse_overrides,
+    resolve_local,
+)
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 """The shipped benchmark specs (``<name>.yaml``)."""
@@ -80,18 +88,16 @@ class VerifierSpec(_Section):
     """A sample is correct when its score is >= this."""
 
 
-class SamplingSpec(_Section):
+class SamplingSpec(SamplingSettings):
+    """A benchmark's default sampling: the recipe's sampling settings (top_p, top_k, stop as there), with
+    greedy decoding and longer answers by default, and ``n`` samples per problem."""
+
     n: int = Field(1, ge=1)
     """Samples per problem."""
     temperature: float = Field(0.0, ge=0)
     """0 is greedy decoding (then n must be 1)."""
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(-1, ge=-1)
-    """-1 disables top-k."""
     max_tokens: int = Field(1024, ge=1)
     """Maximum new tokens per sample; a sample that reaches it counts as truncated."""
-    stop: list[str] = []
-    """Stop strings (EOS always stops)."""
 
     @model_validator(mode="after")
     def _greedy_single(self) -> SamplingSpec:
@@ -196,7 +202,7 @@ def load_spec(
 
 def check_spec(spec: BenchmarkSpec) -> None:
     """The verifier must resolve and a local data file must exist (the path is made absolute)."""
-    from rlvr.rewards import resolve_verifier
+    from rlvr.scoring import resolve_verifier
 
     src = spec.source_file or f"benchmark {spec.name}"
     base_dir = Path(spec.source_file).resolve().parent if spec.source_file else None
@@ -207,27 +213,16 @@ def check_spec(spec: BenchmarkSpec) -> None:
     found = resolve_data_path(spec.data.path, base_dir)
     if found is not None:
         spec.data.path = str(found)
-    elif _looks_local(spec.data.path):
+    elif looks_local(spec.data.path):
         raise SpecError(
             f"{src}: data.path: file not found: {spec.data.path} (looked in the current directory, "
             f"{base_dir} and {PROJECT_ROOT})"
         )
 
 
-def _looks_local(path: str) -> bool:
-    suffixes = (".jsonl", ".json", ".parquet", ".gz")
-    return path.endswith(suffixes) or path.startswith(("/", "./", "../", "~")) or path.count("/") > 1
-
-
 def resolve_data_path(path: str, base_dir: Path | None) -> Path | None:
     """``path`` relative to the current directory, ``base_dir`` or the project root; None if none has it."""
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute():
-        return candidate if candidate.exists() else None
-    for root in (Path.cwd(), base_dir, PROJECT_ROOT):
-        if root is not None and (root / candidate).exists():
-            return (root / candidate).resolve()
-    return None
+    return resolve_local(path, base_dir, PROJECT_ROOT)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -276,7 +271,7 @@ def read_rows(spec: BenchmarkSpec) -> tuple[list[dict[str, Any]], str]:
     src = spec.source_file or f"benchmark {spec.name}"
     base_dir = Path(spec.source_file).resolve().parent if spec.source_file else None
     path = resolve_data_path(spec.data.path, base_dir)
-    if path is None and _looks_local(spec.data.path):
+    if path is None and looks_local(spec.data.path):
         raise SpecError(f"{src}: data.path: file not found: {spec.data.path}")
     if path is not None and path.is_file():
         name = path.name.lower()

@@ -18,14 +18,10 @@ other problems were generated in the same call, on ``--limit`` or on an interrup
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +39,13 @@ from rlvr.eval.benchmarks import (
     load_problems,
 )
 from rlvr.eval.metrics import summarize
+from rlvr.trainer.checkpoint import (
+    STATE_FILE,
+    STEP_DIR,
+    CheckpointError,
+    checkpoint_dirs,
+    export_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +53,6 @@ SAMPLES_FILE = "samples.jsonl"
 SETTINGS_FILE = "settings.json"
 SUMMARY_FILE = "summary.json"
 _MAX_INFO_CHARS = 2000
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 class EvalError(RuntimeError):
@@ -74,7 +76,8 @@ def resolve_checkpoint(name_or_path: str | Path, cache_dir: str | Path | None = 
     * a training run directory: its ``final/`` model, else its newest ``checkpoints/step-N``;
     * a step checkpoint (``checkpoints/step-N``, accelerate state, not an HF folder): its policy weights are
       exported once into an HF folder under the rlvr cache (config and tokenizer from the run's
-      ``recipe.yaml`` model), see :func:`export_checkpoint`; a checkpoint without weights is an error;
+      ``recipe.yaml`` model), see :func:`rlvr.trainer.checkpoint.export_checkpoint`; a checkpoint without
+      weights is an error;
     * a packaged alias (``smollm2-135m-instruct``, ``tiny-char``) or a hub id:
       :func:`rlvr.models.resolve_model`.
     """
@@ -93,19 +96,15 @@ def resolve_checkpoint(name_or_path: str | Path, cache_dir: str | Path | None = 
                 f"{path} has a config.json but no model weights (*.safetensors or pytorch_model*.bin)"
             )
         return str(path), f"HF model folder {path}"
-    if (path / "trainer_state.json").is_file() or _STEP_DIR.match(path.name):
-        out = export_checkpoint(path, cache_dir)
+    if (path / STATE_FILE).is_file() or STEP_DIR.match(path.name):
+        out = _export(path, cache_dir)
         return str(out), f"training checkpoint {path} (policy weights exported to {out})"
     if (path / "final").is_dir():
         model, _ = resolve_checkpoint(path / "final", cache_dir)
         return model, f"run directory {path}: its final model {path / 'final'}"
-    steps = sorted(
-        (p for p in (path / "checkpoints").glob("step-*") if _STEP_DIR.match(p.name)),
-        key=lambda p: int(_STEP_DIR.match(p.name).group(1)),
-    )
-    complete = [p for p in steps if (p / "trainer_state.json").is_file()]
+    complete = checkpoint_dirs(path)
     if complete:
-        out = export_checkpoint(complete[-1], cache_dir)
+        out = _export(complete[-1], cache_dir)
         return str(out), f"run directory {path} without final/: newest checkpoint {complete[-1].name} ({out})"
     raise EvalError(
         f"{path} is not a model: no config.json (HF model folder), no final/ or checkpoints/step-N "
@@ -113,94 +112,11 @@ def resolve_checkpoint(name_or_path: str | Path, cache_dir: str | Path | None = 
     )
 
 
-def _checkpoint_weights(step_dir: Path) -> Path:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (step_dir / name).is_file():
-            return step_dir / name
-    if (step_dir / "pytorch_model").is_dir():  # DeepSpeed (accelerate's save_state under ZeRO)
-        return step_dir / "pytorch_model"
-    raise EvalError(
-        f"{step_dir} is a training checkpoint (accelerate state), not an HF model folder, and it holds no "
-        "model weights (no model.safetensors, pytorch_model.bin or DeepSpeed pytorch_model/); evaluate "
-        f"the run's final model ({step_dir.parent.parent / 'final'}) or a complete checkpoint"
-    )
-
-
-def _load_checkpoint_state(weights: Path) -> dict:
-    import torch
-
-    if weights.is_dir():
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return get_fp32_state_dict_from_zero_checkpoint(str(weights.parent), tag=weights.name)
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(weights))
-    return torch.load(str(weights), map_location="cpu", weights_only=True)
-
-
-def export_checkpoint(step_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """The policy of a training checkpoint as an HF model folder (built once, cached by path and mtime).
-
-    The architecture, tokenizer and dtype come from the run's ``recipe.yaml`` (``model`` section); the
-    weights from the checkpoint (``model.safetensors``, or a DeepSpeed folder via ``zero_to_fp32``). A
-    critic trained next to the policy is left out.
-    """
-    import yaml
-
-    from rlvr.models import default_cache_dir, resolve_model
-
-    step_dir = Path(step_dir).resolve()
-    weights = _checkpoint_weights(step_dir)
-    run_dir = step_dir.parent.parent
-    recipe_file = run_dir / "recipe.yaml"
-    if not recipe_file.is_file():
-        raise EvalError(
-            f"{step_dir} is a training checkpoint (accelerate state, not an HF folder) and its run directory "
-            f"{run_dir} has no recipe.yaml naming the model architecture; evaluate {run_dir / 'final'} "
-            "instead"
-        )
-    model_cfg = (yaml.safe_load(recipe_file.read_text()) or {}).get("model", {})
-    base = str(resolve_model(model_cfg.get("name_or_path", "")))
-    dtype_name = model_cfg.get("dtype", "float32")
-    stamp = f"{weights}:{weights.stat().st_mtime_ns}:{base}:{dtype_name}"
-    key = hashlib.sha1(stamp.encode()).hexdigest()[:12]
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = root / "eval-models" / f"{run_dir.name}-{step_dir.name}-{key}"
-    if (target / "config.json").is_file():
-        return target
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    state = _load_checkpoint_state(weights)
-    if any(k.startswith("policy.") for k in state):  # PolicyWithCritic: keep the policy only
-        state = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
-    config = AutoConfig.from_pretrained(base)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype_name))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
-        raise EvalError(
-            f"{weights}: the weights do not fit the run's model {base}: missing "
-            f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
-    model.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+def _export(step_dir: Path, cache_dir: str | Path | None) -> Path:
     try:
-        with contextlib.suppress(OSError):
-            model.generation_config = GenerationConfig.from_pretrained(base)
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
-        (tmp / "rlvr_checkpoint.json").write_text(json.dumps({"checkpoint": str(step_dir), "base": base}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        return export_checkpoint(step_dir, cache_dir)
+    except CheckpointError as exc:
+        raise EvalError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -245,20 +161,6 @@ def default_ks(n: int) -> list[int]:
         ks.append(k)
         k *= 2
     return ks if ks[-1] == n else [*ks, n]
-
-
-def _sampling_config(sampling: SamplingSpec, seed: int):
-    from rlvr.rollout import SamplingConfig
-
-    return SamplingConfig(
-        n=sampling.n,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        max_tokens=sampling.max_tokens,
-        stop=tuple(sampling.stop),
-        seed=seed,
-    )
 
 
 def settings_of(spec: BenchmarkSpec, sampling: SamplingSpec, seed: int, model: str, engine: str) -> dict:
@@ -386,7 +288,7 @@ def _chunks(pending: list[tuple[int, Problem]], size: int) -> Iterator[_Chunk]:
 
 
 def make_scorer(spec: BenchmarkSpec, num_workers: int):
-    from rlvr.rewards import RewardSpec, Scorer
+    from rlvr.scoring import RewardSpec, Scorer
 
     base_dir = Path(spec.source_file).resolve().parent if spec.source_file else None
     return Scorer(
@@ -460,6 +362,8 @@ def run_benchmark(
     the samples, :func:`settings_of`) must equal those of the earlier run, else :class:`EvalError`.
     ``chunk_size``: problems per engine call (default: about 256 sequences per call).
     """
+    from rlvr.rollout import SamplingConfig
+
     say = log or (lambda _msg: None)
     n = sampling.n
     ks = list(ks) if ks else list(spec.ks) or default_ks(n)
@@ -505,7 +409,8 @@ def run_benchmark(
     try:
         for chunk in _chunks(pending, size):
             prompt_ids = [p.prompt_ids for p in chunk.problems]
-            completions = engine.generate(prompt_ids, _sampling_config(sampling, seed + chunk.start))
+            config = SamplingConfig.from_settings(sampling, n=n, seed=seed + chunk.start)
+            completions = engine.generate(prompt_ids, config)
             records = _score_chunk(chunk, completions, scorer, spec, n)
             if samples_path is not None:
                 with samples_path.open("a", encoding="utf-8") as f:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from rlvr.registry import Registry
 from rlvr.rollout.ead import EADSchedule
+
+if TYPE_CHECKING:
+    from rlvr.config import SamplingSettings
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,32 @@ class SamplingConfig:
                 "temperature_schedule replaces temperature: leave temperature at 1.0 "
                 f"(got {self.temperature}); scale the schedule's tau_max / tau_min instead"
             )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: SamplingSettings,
+        *,
+        n: int,
+        seed: int | None = None,
+        temperature_schedule: EADSchedule | None = None,
+    ) -> SamplingConfig:
+        """The engine-side form of a recipe's ``rollout`` or a benchmark's ``sampling`` section.
+
+        ``settings`` is a :class:`rlvr.config.SamplingSettings` (``RolloutConfig``, ``SamplingSpec``); the
+        number of samples per prompt is passed as ``n`` because the two sections name it differently
+        (``num_generations``, ``n``).
+        """
+        return cls(
+            n=n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            max_tokens=settings.max_tokens,
+            stop=tuple(settings.stop),
+            seed=seed,
+            temperature_schedule=temperature_schedule,
+        )
 
     @property
     def greedy(self) -> bool:

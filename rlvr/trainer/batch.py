@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import torch
 
 from rlvr.rollout.base import Completion
@@ -48,3 +51,20 @@ def make_batch(
         group_index=torch.tensor([c.prompt_index + group_offset for c in completions], dtype=torch.long),
         truncated=torch.tensor([c.finish_reason == "length" for c in completions]),
     )
+
+
+def batch_of_groups(groups: Sequence, pad_id: int, group_offset: int = 0) -> RolloutBatch:
+    """The batch of this process's collected groups (:class:`rlvr.trainer.collect.Group`), one row per
+    completion in group order, with the training rewards and, when collection made them, the baseline
+    rewards (each group's baseline repeated for its completions)."""
+    prompt_ids = [g.row["prompt_ids"] for g in groups]
+    completions = [
+        dataclasses.replace(c, prompt_index=i) for i, g in enumerate(groups) for c in g.completions
+    ]
+    rewards = [r for g in groups for r in g.rewards]
+    batch = make_batch(prompt_ids, completions, rewards, pad_id, group_offset=group_offset)
+    if groups and groups[0].baseline is not None:
+        batch.baseline_rewards = torch.tensor(
+            [g.baseline for g in groups for _ in g.completions], dtype=torch.float
+        )  # [N]
+    return batch

@@ -14,16 +14,16 @@ import dataclasses
 import hashlib
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
 
 from rlvr.algorithms import informative_groups, soft_overlong_penalty
 from rlvr.data import shard
 from rlvr.rollout import Completion, EADSchedule, SamplingConfig, ead_decay
-from rlvr.trainer.update import global_sums
+from rlvr.trainer.distributed import gathered_objects, global_max, global_sums
 
 
 @dataclass
@@ -58,16 +58,7 @@ def sampling_config(recipe, seed: int, step: int) -> SamplingConfig:
         schedule = EADSchedule(
             decay=decay, tau_max=e.tau_max, tau_min=e.tau_min, warmup_tokens=e.warmup_tokens
         )
-    return SamplingConfig(
-        n=r.num_generations,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        top_k=r.top_k,
-        max_tokens=r.max_tokens,
-        stop=tuple(r.stop),
-        seed=seed,
-        temperature_schedule=schedule,
-    )
+    return SamplingConfig.from_settings(r, n=r.num_generations, seed=seed, temperature_schedule=schedule)
 
 
 def generate_groups(
@@ -129,16 +120,13 @@ def generate_groups(
     return groups, failures
 
 
-def _global_max(acc, value: int) -> int:
-    if acc.num_processes == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.long, device=acc.device)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return int(tensor.item())
+def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, float]]:
+    """This process's groups for the current step and the collection metrics (identical on every process).
 
-
-def collect(t, greedy_baseline: bool = False) -> tuple[list[Group], dict[str, float]]:
-    """This process's groups for the current step and the collection metrics (identical on every process)."""
+    ``needs`` are the batch fields the step's plug-ins read; collection provides ``baseline_rewards`` (the
+    verifiers' score of a greedy completion of each prompt, ReMax) when it is among them.
+    """
+    greedy_baseline = "baseline_rewards" in needs
     recipe, acc = t.recipe, t.accelerator
     ds = recipe.algorithm.dynamic_sampling
     quota = t.layout["prompts"]  # groups per process
@@ -166,15 +154,19 @@ def collect(t, greedy_baseline: bool = False) -> tuple[list[Group], dict[str, fl
                 torch.tensor(g.rewards), torch.zeros(len(g.rewards), dtype=torch.long), eps=ds.eps
             )
             (kept if bool(keep.all()) else dropped).append(g)
-        if _global_max(acc, quota - len(kept)) <= 0 or rounds >= ds.max_rounds:
+        if global_max(acc, quota - len(kept)) <= 0 or rounds >= ds.max_rounds:
             break
     kept = kept[:quota]
     filled = max(0, quota - len(kept))
     kept += dropped[:filled]
     if len(kept) < quota:
         raise RuntimeError(f"collected {len(kept)} groups, need {quota}")  # cannot happen: round 1 fills
-    totals = global_sums(acc, [float(failures), float(len(dropped)), float(filled)])
+    baselines = [g.baseline for g in kept if g.baseline is not None]
+    counts = [failures, len(dropped), filled, sum(baselines), len(baselines)]
+    totals = global_sums(acc, [float(c) for c in counts])
     metrics = {"reward/failures": totals[0], "time/reward_s": timer["reward_s"]}
+    if greedy_baseline:
+        metrics["reward/baseline_mean"] = totals[3] / max(totals[4], 1.0)
     if ds.enabled:
         metrics.update(
             {
@@ -196,4 +188,4 @@ def _update_sampler(t, recipe, groups: list[Group]) -> None:
         }
         for g in groups
     ]
-    t.sampler.update(gather_object(stats) if t.accelerator.num_processes > 1 else stats)
+    t.sampler.update(gathered_objects(t.accelerator, stats))

@@ -1,9 +1,27 @@
-"""Per-token log-probabilities and entropies of responses under a causal LM."""
+"""Per-token statistics of responses under a model, and the no-grad pass that fills batch fields on request.
+
+The maths of a token's log-probability and of the next-token entropy live here once
+(:func:`token_logprobs`, :func:`token_entropy`); the update (with gradients) and the pre-update pass
+(without) both use them.
+
+Before the update, the step fills the batch fields the chosen plug-ins declare they read
+(``@needs(...)``, :mod:`rlvr.algorithms.utils`). Each such field has a source in :data:`BATCH_FIELDS`: which
+model computes it (the policy, the frozen reference, or the critic) and the statistic of that model's
+output. :func:`fill_fields` runs one forward pass per model and micro-batch and computes every requested
+statistic of that model from it. A new batch field is a registry entry here and a field of
+:class:`~rlvr.types.RolloutBatch`; the step does not change.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
+from rlvr.algorithms import minp_proxy_logprobs
+from rlvr.registry import Registry
 from rlvr.types import RolloutBatch
 
 
@@ -23,6 +41,23 @@ def response_logits(model: torch.nn.Module, batch: RolloutBatch, temperature: fl
     return out.logits[:, :-1, :].float() / temperature  # [N, T, V]
 
 
+def token_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, log_z: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[N, T]`` log-probability of ``token_ids`` under ``logits`` ``[N, T, V]`` (``log_z``: their
+    logsumexp over V, when the caller already has it)."""
+    if log_z is None:
+        log_z = torch.logsumexp(logits, dim=-1)  # [N, T]
+    return logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - log_z  # [N, T]
+
+
+def token_entropy(logits: torch.Tensor, log_z: torch.Tensor | None = None) -> torch.Tensor:
+    """``[N, T]`` entropy of the next-token distribution ``softmax(logits)``: ``log Z - E_p[logit]``."""
+    if log_z is None:
+        log_z = torch.logsumexp(logits, dim=-1)  # [N, T]
+    return log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # [N, T]
+
+
 def response_logprobs(
     model: torch.nn.Module,
     batch: RolloutBatch,
@@ -40,47 +75,75 @@ def response_logprobs(
     """
     logits = response_logits(model, batch, temperature)  # [N, T, V]
     log_z = torch.logsumexp(logits, dim=-1)  # [N, T]
-    token_logits = logits.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)  # [N, T]
-    logprobs = token_logits - log_z  # [N, T]
+    logprobs = token_logprobs(logits, batch.response_ids, log_z)  # [N, T]
     entropy = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            probs = torch.softmax(logits, dim=-1)  # [N, T, V]
-            entropy = log_z - (probs * logits).sum(-1)  # [N, T]
+            entropy = token_entropy(logits, log_z)  # [N, T]
     return logprobs, entropy
 
 
+# --- batch fields computed before the update ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldSource:
+    """Where a batch field comes from: ``model`` (a key of the models passed to :func:`fill_fields`) and
+    ``statistic(output [n, T, ...], response_ids [n, T], **params) -> [n, T]`` of that model's output."""
+
+    model: str
+    statistic: Callable[..., torch.Tensor]
+
+
+BATCH_FIELDS: Registry[FieldSource] = Registry("batch field")
+"""Batch fields the pre-update pass can compute, by :class:`~rlvr.types.RolloutBatch` field name."""
+
+BATCH_FIELDS.register("old_logprobs")(FieldSource("policy", token_logprobs))
+BATCH_FIELDS.register("old_entropy")(FieldSource("policy", lambda logits, ids: token_entropy(logits)))
+BATCH_FIELDS.register("proxy_logprobs")(FieldSource("policy", minp_proxy_logprobs))
+BATCH_FIELDS.register("ref_logprobs")(FieldSource("reference", token_logprobs))
+BATCH_FIELDS.register("values")(FieldSource("critic", lambda values, ids: values))
+
+
+def policy_output(model: torch.nn.Module, temperature: float) -> Callable[[RolloutBatch], torch.Tensor]:
+    """A forward for :func:`fill_fields`: the response logits of a causal LM at ``temperature``."""
+    return lambda chunk: response_logits(model, chunk, temperature)
+
+
+def critic_output(model: torch.nn.Module) -> Callable[[RolloutBatch], torch.Tensor]:
+    """A forward for :func:`fill_fields`: the values of the critic inside a prepared
+    :class:`~rlvr.trainer.critic.PolicyWithCritic` (called through the wrapper, as ZeRO-3 requires)."""
+    return lambda chunk: model(value_batch=chunk)
+
+
 @torch.no_grad()
-def behaviour_statistics(
-    model: torch.nn.Module,
+def fill_fields(
     batch: RolloutBatch,
+    requests: Mapping[str, Mapping[str, Any]],
+    forwards: Mapping[str, Callable[[RolloutBatch], torch.Tensor]],
     micro: int,
-    temperature: float,
-    *,
-    entropy: bool = False,
-    proxy_kappa: float | None = None,
-) -> dict[str, torch.Tensor]:
-    """One no-grad pass over ``batch``, ``micro`` rows at a time, before the update.
-
-    Returns ``logprobs`` ``[N, T]``; with ``entropy`` also the token ``entropy`` ``[N, T]``; with
-    ``proxy_kappa`` also ``proxy_logprobs`` ``[N, T]``, the log-prob of each sampled token under Lp-Reg's
-    min-p filtered proxy of this policy (:func:`rlvr.algorithms.minp_proxy_logprobs`).
-    """
-    from rlvr.algorithms import minp_proxy_logprobs
-
-    parts: dict[str, list[torch.Tensor]] = {"logprobs": []}
-    if entropy:
-        parts["entropy"] = []
-    if proxy_kappa is not None:
-        parts["proxy_logprobs"] = []
-    for i in range(0, len(batch), micro):
-        chunk = batch.select(slice(i, i + micro))
-        logits = response_logits(model, chunk, temperature)  # [n, T, V]
-        log_z = torch.logsumexp(logits, dim=-1)  # [n, T]
-        ids = chunk.response_ids.unsqueeze(-1)  # [n, T, 1]
-        parts["logprobs"].append(logits.gather(-1, ids).squeeze(-1) - log_z)
-        if entropy:
-            parts["entropy"].append(log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1))
-        if proxy_kappa is not None:
-            parts["proxy_logprobs"].append(minp_proxy_logprobs(logits, chunk.response_ids, kappa=proxy_kappa))
-    return {key: torch.cat(values, dim=0) for key, values in parts.items()}
+) -> list[str]:
+    """Compute the ``requests`` (field -> statistic parameters) that ``batch`` lacks and that have a source
+    in :data:`BATCH_FIELDS`, ``micro`` rows at a time, one forward per model (``forwards[model](chunk)``);
+    store them on ``batch`` (on its device). Returns the names it filled."""
+    wanted = {
+        name: params
+        for name, params in requests.items()
+        if name in BATCH_FIELDS and getattr(batch, name, None) is None
+    }
+    by_model: dict[str, list[str]] = {}
+    for name in sorted(wanted):
+        by_model.setdefault(BATCH_FIELDS.get(name).model, []).append(name)
+    for model, names in by_model.items():
+        if model not in forwards:
+            raise RuntimeError(f"batch field(s) {names} need the {model} model, which this run did not build")
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        for i in range(0, len(batch), micro):
+            chunk = batch.select(slice(i, i + micro))
+            output = forwards[model](chunk)
+            for name in names:
+                statistic = BATCH_FIELDS.get(name).statistic
+                parts[name].append(statistic(output, chunk.response_ids, **wanted[name]))
+        for name in names:
+            setattr(batch, name, torch.cat(parts[name], dim=0))  # [N, T]
+    return sorted(wanted)

@@ -10,15 +10,18 @@ number of processes.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 
-from rlvr.algorithms import KL_ESTIMATORS, POLICY_LOSSES, aggregate, value_loss
+from rlvr.algorithms import aggregate
 from rlvr.algorithms.utils import needs_of
 from rlvr.config import Recipe
-from rlvr.trainer.critic import PolicyWithCritic
+from rlvr.trainer.components import Component, Requests
+from rlvr.trainer.distributed import global_sums
 from rlvr.trainer.logprobs import response_logprobs
 from rlvr.types import RolloutBatch
 
@@ -34,50 +37,27 @@ class UpdateContext:
     recipe: Recipe
     micro_batch: int
     grad_accum: int
-    ref_model: torch.nn.Module | None = None
-    kl_coef: float | None = None
-    """Current KL coefficient (the KL controller moves it between steps); None: algorithm.kl_coef."""
-    entropy_coef: float | None = None
-    """Current entropy-bonus coefficient (moved by the entropy controller); None: algorithm.entropy_coef."""
+    policy_loss: tuple[Callable, Mapping[str, Any]] | None = None
+    """The configured loss: (function, bound hyperparameters); None: the recipe's, as written."""
+    components: list[Component] = field(default_factory=list)
+    """Loss terms besides the policy loss (:mod:`rlvr.trainer.components`), added in this order."""
 
     def __post_init__(self) -> None:
-        if self.kl_coef is None:
-            self.kl_coef = self.recipe.algorithm.kl_coef
-        if self.entropy_coef is None:
-            self.entropy_coef = self.recipe.algorithm.entropy_coef
+        if self.policy_loss is None:
+            from rlvr.algorithms import POLICY_LOSSES
+
+            algo = self.recipe.algorithm
+            self.policy_loss = (
+                POLICY_LOSSES.get(algo.policy_loss),
+                POLICY_LOSSES.bind(algo.policy_loss, algo.policy_loss_kwargs),
+            )
 
 
-@torch.no_grad()
-def forward_logprobs(
-    model: torch.nn.Module, batch: RolloutBatch, micro: int, temperature: float
-) -> torch.Tensor:
-    """Log-probs of the whole batch under ``model`` without gradients, micro-batch by micro-batch."""
-    chunks = [
-        response_logprobs(model, batch.select(slice(i, i + micro)), temperature)[0]
-        for i in range(0, len(batch), micro)
-    ]
-    return torch.cat(chunks, dim=0)  # [N, T]
-
-
-@torch.no_grad()
-def forward_values(model: torch.nn.Module, batch: RolloutBatch, micro: int) -> torch.Tensor:
-    """Critic values of the whole batch without gradients (``model`` wraps a :class:`PolicyWithCritic`)."""
-    chunks = [model(value_batch=batch.select(slice(i, i + micro))) for i in range(0, len(batch), micro)]
-    return torch.cat(chunks, dim=0)  # [N, T]
-
-
-def has_critic(model: torch.nn.Module) -> bool:
-    """Whether the (prepared) ``model`` is a :class:`PolicyWithCritic`."""
-    inner = model.module if hasattr(model, "module") else model
-    return isinstance(inner, PolicyWithCritic)
-
-
-def global_sums(accelerator: Accelerator, values: list[float]) -> list[float]:
-    """Each of ``values`` summed over all processes, in one all-reduce (float64)."""
-    if accelerator.num_processes == 1:
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
-    return accelerator.reduce(tensor, reduction="sum").cpu().tolist()
+def update_needs(recipe: Recipe) -> Requests:
+    """Batch fields the update itself reads: the behaviour log-probs when it takes several optimizer steps
+    on one batch (after the first, the policy is no longer the one that sampled)."""
+    train = recipe.train
+    return {"old_logprobs": {}} if train.epochs > 1 or train.num_mini_batches > 1 else {}
 
 
 def group_permutation(group_index: torch.Tensor) -> torch.Tensor:
@@ -98,26 +78,23 @@ def loss_mask(batch: RolloutBatch) -> torch.Tensor:
 def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
     """Run ``epochs x num_mini_batches`` optimizer steps on ``batch``; return averaged metrics.
 
-    ``batch`` carries what the step computed before: advantages, and, when some plug-in needs them,
-    ``old_logprobs`` (else the current log-probs, detached, stand in: on-policy), ``ref_logprobs``,
-    token weights, critic values and returns.
+    ``batch`` carries what the step computed before: advantages, and whatever the loss and the components
+    read (``old_logprobs`` when some plug-in needs them or the update is off-policy, else the current
+    log-probs, detached, stand in: on-policy; ``ref_logprobs``, token weights, critic values and returns).
+    Each micro-batch's per-token loss is the policy loss plus every component's token term, weighted by
+    the token weights and aggregated; each component's own loss (the critic's) is added to it.
     """
     recipe, acc = ctx.recipe, ctx.accelerator
     algo, train = recipe.algorithm, recipe.train
     temperature = recipe.rollout.temperature
-    loss_fn = POLICY_LOSSES.get(algo.policy_loss)
+    loss_fn, loss_kwargs = ctx.policy_loss
     extra_fields = sorted(needs_of(loss_fn))
-    kl_fn = KL_ESTIMATORS.get(algo.kl_estimator) if algo.kl_placement == "loss" and ctx.kl_coef > 0 else None
-    critic = has_critic(ctx.model)
+    entropy_grad = any(c.entropy_grad for c in ctx.components)
     batch = batch.to(acc.device)
+    if update_needs(recipe) and batch.old_logprobs is None:
+        raise ValueError("several optimizer steps per batch need batch.old_logprobs (see update_needs)")
 
     ctx.model.train()
-    if (train.epochs > 1 or train.num_mini_batches > 1) and batch.old_logprobs is None:
-        # Off-policy after the first optimizer step: freeze the behaviour log-probs now.
-        batch.old_logprobs = forward_logprobs(ctx.model, batch, ctx.micro_batch, temperature)
-    if kl_fn is not None and batch.ref_logprobs is None:
-        batch.ref_logprobs = forward_logprobs(ctx.ref_model, batch, ctx.micro_batch, temperature)
-
     mini = len(batch) // train.num_mini_batches
     scale = acc.num_processes * ctx.grad_accum
     sums: dict[str, float] = defaultdict(float)
@@ -129,9 +106,19 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
         for start in range(0, len(batch), mini):
             mini_batch = epoch_batch.select(slice(start, start + mini))
             kept = loss_mask(mini_batch)  # [mini, T]
-            num_tokens, num_seqs, num_value_tokens = global_sums(
-                acc,
-                [float(kept.sum()), float((kept.sum(-1) > 0).sum()), float(mini_batch.response_mask.sum())],
+            counts = dict(
+                zip(
+                    ("num_tokens", "num_sequences", "response_tokens"),
+                    global_sums(
+                        acc,
+                        [
+                            float(kept.sum()),
+                            float((kept.sum(-1) > 0).sum()),
+                            float(mini_batch.response_mask.sum()),
+                        ],
+                    ),
+                    strict=True,
+                )
             )
             mini_loss = 0.0
             for m in range(0, mini, ctx.micro_batch):
@@ -140,44 +127,35 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                 kept = loss_mask(micro)  # [n, T]
                 with acc.accumulate(ctx.model):
                     logprobs, entropy = response_logprobs(
-                        ctx.model, micro, temperature, with_entropy=True, entropy_grad=ctx.entropy_coef > 0
+                        ctx.model, micro, temperature, with_entropy=True, entropy_grad=entropy_grad
                     )
                     old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
                     extra = {name: getattr(micro, name) for name in extra_fields}
-                    per_token, metrics = loss_fn(
-                        logprobs, old, micro.advantages, kept, **extra, **algo.policy_loss_kwargs
+                    per_token, loss_metrics = loss_fn(
+                        logprobs, old, micro.advantages, kept, **extra, **loss_kwargs
                     )
-                    if kl_fn is not None:
-                        kl = kl_fn(logprobs, micro.ref_logprobs)  # [n, T]
-                        per_token = per_token + ctx.kl_coef * kl
-                        metrics["kl"] = (kl.detach() * mask).sum() / mask.sum().clamp(min=1)
-                    if ctx.entropy_coef > 0:
-                        per_token = per_token - ctx.entropy_coef * entropy
+                    metrics = {f"actor/{key}": value for key, value in loss_metrics.items()}
+                    for component in ctx.components:
+                        term, term_metrics = component.token_loss(logprobs, entropy, micro)
+                        if term is not None:
+                            per_token = per_token + term  # [n, T]
+                        metrics.update(term_metrics)
                     if micro.token_weights is not None:
-                        per_token = per_token * micro.token_weights
+                        per_token = per_token * micro.token_weights  # [n, T]
                     loss = aggregate(
                         per_token,
                         kept,
                         algo.loss_agg,
-                        num_sequences=num_seqs,
-                        num_tokens=num_tokens,
+                        num_sequences=counts["num_sequences"],
+                        num_tokens=counts["num_tokens"],
                         max_response_len=recipe.rollout.max_tokens,
                     )
                     total = loss
-                    if critic:
-                        v_loss, v_metrics = value_loss(
-                            ctx.model(value_batch=micro),
-                            micro.old_values,
-                            micro.returns,
-                            mask,
-                            clip_range=algo.critic.clip_range,
-                        )
-                        total = total + algo.critic.vf_coef * aggregate(
-                            v_loss, mask, "token-mean", num_tokens=num_value_tokens
-                        )
-                        for key, value in v_metrics.items():
-                            sums[f"critic/{key}"] += float(value) * float(mask.sum())
-                            weights[f"critic/{key}"] += float(mask.sum())
+                    for component in ctx.components:
+                        extra_loss, extra_metrics = component.aux_loss(ctx.model, micro, counts)
+                        if extra_loss is not None:
+                            total = total + extra_loss
+                        metrics.update(extra_metrics)
                     acc.backward(total * scale)
                     grad_norm = None
                     if acc.sync_gradients:
@@ -188,20 +166,17 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                         ctx.scheduler.step()
                 mini_loss += float(loss.detach())
                 tokens = float(mask.sum())
-                metrics["entropy"] = (entropy.detach() * mask).sum() / max(tokens, 1.0)
-                metrics["engine_logprob_gap"] = (
+                metrics["actor/entropy"] = (entropy.detach() * mask).sum() / max(tokens, 1.0)
+                metrics["actor/engine_logprob_gap"] = (
                     (logprobs.detach() - micro.engine_logprobs).abs() * mask
                 ).sum() / max(tokens, 1.0)
                 for key, value in metrics.items():
-                    sums[f"actor/{key}"] += float(value) * tokens
-                    weights[f"actor/{key}"] += tokens
+                    sums[key] += float(value) * tokens
+                    weights[key] += tokens
                 if grad_norm is not None:
                     sums["actor/grad_norm"] += float(grad_norm)
                     weights["actor/grad_norm"] += 1.0
             # Micro-batch losses were normalised by global counts: their sum over processes is the loss.
             sums["actor/loss"] += global_sums(acc, [mini_loss])[0]
             weights["actor/loss"] += 1.0
-    out = {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
-    out["actor/kl_coef"] = ctx.kl_coef
-    out["actor/entropy_coef"] = ctx.entropy_coef
-    return out
+    return {key: sums[key] / weights[key] for key in sums if weights[key] > 0}

@@ -9,7 +9,9 @@ from rlvr.algorithms import (
     LOSS_AGGREGATIONS,
     aggregate,
     aggregation_counts,
+    masked_max,
     masked_mean,
+    masked_min,
     masked_sum,
     masked_var,
     masked_whiten,
@@ -151,3 +153,19 @@ def test_masked_helpers() -> None:
     w_noshift = masked_whiten(x, m, shift_mean=False)
     torch.testing.assert_close(masked_mean(w_noshift, m), torch.tensor(2.5), atol=1e-6, rtol=0)
     assert masked_mean(x, torch.zeros_like(m)).item() == 0.0
+
+
+def test_masked_max_min() -> None:
+    # masked entries 1, 2, 3, 4 (the unmasked 100 and NaN are ignored): max 4, min 1
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, float("nan"), 4.0]])
+    m = torch.tensor([[1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    assert masked_max(x, m).item() == 4.0
+    assert masked_min(x, m).item() == 1.0
+    # a float 0/1 mask works the same; only the second row: max 4, min 3
+    row2 = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]])
+    assert masked_max(x, row2).item() == 4.0
+    assert masked_min(x, row2).item() == 3.0
+    # an empty mask gives empty_value, not -inf / inf
+    none = torch.zeros_like(m)
+    assert masked_max(x, none, empty_value=1.0).item() == 1.0
+    assert masked_min(x, none, empty_value=-2.0).item() == -2.0

@@ -93,7 +93,7 @@ def run(spec, problems, engine, out=None, **kwargs):
 @pytest.mark.parametrize("name", known_specs())
 def test_shipped_specs_load_with_their_data(name, tiny_tokenizer):
     import rewards  # noqa: F401  (registers the built-in verifiers)
-    from rlvr.rewards import VERIFIERS
+    from rlvr.scoring import VERIFIERS
 
     expected_rows = {
         "gsm8k": 1319,
@@ -259,7 +259,7 @@ def test_evaluate_for_training_reuses_the_engine(tmp_path, tiny_tokenizer):
 
 def test_humaneval_spec_runs_through_the_code_verifier(tiny_tokenizer):
     import rewards  # noqa: F401
-    from rlvr.rewards import VERIFIERS
+    from rlvr.scoring import VERIFIERS
 
     if "code" not in VERIFIERS:
         pytest.skip("the code verifier is not in this checkout")
@@ -278,9 +278,9 @@ def test_humaneval_spec_runs_through_the_code_verifier(tiny_tokenizer):
 
 
 def test_checkpoint_resolution(tmp_path, tiny_model_dir):
+    """What resolve_checkpoint understands a path as; the export itself: tests/trainer/test_checkpoint.py."""
     import shutil
 
-    import torch
     import yaml
     from safetensors.torch import load_file, save_file
 
@@ -298,8 +298,11 @@ def test_checkpoint_resolution(tmp_path, tiny_model_dir):
     save_file(state, str(step / "model.safetensors"))
     exported, note = resolve_checkpoint(step, cache_dir=tmp_path / "cache")
     assert "training checkpoint" in note
-    reloaded = load_file(str(Path(exported) / "model.safetensors"))
-    assert torch.equal(reloaded["model.norm.weight"], state["model.norm.weight"])
+    assert (Path(exported) / "config.json").is_file()
+    assert resolve_checkpoint(run_dir, cache_dir=tmp_path / "cache")[0] == str(run_dir / "final")
+    shutil.rmtree(run_dir / "final")  # a run without final/: its newest complete checkpoint
+    model, note = resolve_checkpoint(run_dir, cache_dir=tmp_path / "cache")
+    assert model == exported and "newest checkpoint step-000002" in note
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text("{}")

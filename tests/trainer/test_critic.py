@@ -15,9 +15,8 @@ from rlvr.config import Recipe
 from rlvr.models import build_tiny_model
 from rlvr.trainer.checkpoint import save_final_model
 from rlvr.trainer.critic import PolicyWithCritic, load_critic, policy_of
-from rlvr.trainer.logprobs import response_logprobs
+from rlvr.trainer.logprobs import critic_output, fill_fields, response_logprobs
 from rlvr.trainer.setup import reset_optimizer_state, reset_reference
-from rlvr.trainer.update import forward_values
 from rlvr.trainer.weights import gathered_parameters, policy_state
 
 
@@ -36,7 +35,8 @@ def test_value_head_starts_at_zero_and_reads_the_state_before_each_token(tiny_di
         AutoModelForCausalLM.from_pretrained(tiny_dir), load_critic(str(tiny_dir), torch.float32)
     )
     batch = random_batch()
-    assert torch.count_nonzero(forward_values(model, batch, micro=4)) == 0
+    fill_fields(batch, {"values": {}}, {"critic": critic_output(model)}, micro=4)
+    assert torch.count_nonzero(batch.values) == 0
     with torch.no_grad():
         model.critic.score.weight.normal_()
         model.critic.score.bias.fill_(0.5)
@@ -67,16 +67,15 @@ def test_policy_and_critic_update_is_the_joint_gradient(tiny_dir):
         model.critic.score.weight.normal_(std=0.1)
     batch = random_batch()
     g = torch.Generator().manual_seed(3)
-    batch.old_values = forward_values(model, batch, micro=8) + 0.3 * torch.randn(
-        batch.response_mask.shape, generator=g
-    )
+    fill_fields(batch, {"values": {}}, {"critic": critic_output(model)}, micro=8)
+    batch.values = batch.values + 0.3 * torch.randn(batch.response_mask.shape, generator=g)
     batch.returns = torch.randn(batch.response_mask.shape, generator=g) * batch.response_mask
     lr = 0.5
 
     reference = copy.deepcopy(model)
     logprobs, _ = response_logprobs(reference, batch)
     per_token, _ = ppo_clip_loss(logprobs, logprobs.detach(), batch.advantages, batch.response_mask)
-    v_loss, _ = value_loss(reference(value_batch=batch), batch.old_values, batch.returns, batch.response_mask)
+    v_loss, _ = value_loss(reference(value_batch=batch), batch.values, batch.returns, batch.response_mask)
     mask = batch.response_mask
     (aggregate(per_token, mask, "token-mean") + 0.5 * aggregate(v_loss, mask, "token-mean")).backward()
     expected = {n: -lr * p.grad for n, p in reference.named_parameters()}

@@ -8,9 +8,10 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoModelForCausalLM
 
-from rlvr.algorithms import LOSS_AGGREGATIONS, aggregate, ppo_clip_loss
+from rlvr.algorithms import ADVANTAGES, LOSS_AGGREGATIONS, aggregate, ppo_clip_loss
 from rlvr.config import Recipe
 from rlvr.models import build_tiny_model
+from rlvr.trainer.components import build_components
 from rlvr.trainer.logprobs import response_logprobs
 from rlvr.trainer.update import UpdateContext, policy_update
 from rlvr.types import RolloutBatch
@@ -68,8 +69,17 @@ def sgd_update(model, recipe: Recipe, batch: RolloutBatch, lr: float, micro: int
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    algo = recipe.algorithm
+    advantage = (ADVANTAGES.get(algo.advantage), ADVANTAGES.bind(algo.advantage, algo.advantage_kwargs))
     ctx = UpdateContext(
-        accelerator, model, optimizer, scheduler, recipe, micro_batch=micro, grad_accum=8 // micro
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        recipe,
+        micro_batch=micro,
+        grad_accum=8 // micro,
+        components=build_components(recipe, advantage),
     )
     return model, policy_update(ctx, batch)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.rewards import (
+from rlvr.scoring import (
     VERIFIERS,
     RewardResult,
     RewardSpec,
@@ -24,7 +24,7 @@ from rlvr.rewards import (
     short_name,
 )
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = TESTS_DIR.parent
 FIXTURE = "tests/fixtures/custom_verifier.py"
 
@@ -310,7 +310,7 @@ def _alive(pid: int) -> bool:
 SCRIPT = textwrap.dedent(
     """
     import sys
-    from rlvr.rewards import RewardSpec, Scorer
+    from rlvr.scoring import RewardSpec, Scorer
 
     # no `if __name__ == "__main__"` guard: workers must not re-import this script
     scorer = Scorer([RewardSpec(sys.argv[1] + ":chaos")], num_workers=2, timeout_s=3600)

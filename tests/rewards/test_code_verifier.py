@@ -25,11 +25,10 @@ from rewards.code import (
     parse_tests,
     score_batch,
 )
-from rlvr import sandbox
-from rlvr.rewards import RewardSpec, Scorer, resolve_verifier
+from rlvr.scoring import RewardSpec, Scorer, resolve_verifier, sandbox
 
 _HERE = Path(__file__).resolve()
-BENCHMARKS = _HERE.parents[1] / "data" / "benchmarks"  # shipped with the repository
+BENCHMARKS = _HERE.parents[2] / "data" / "benchmarks"  # shipped with the repository
 # random completions are full of things like `1abc`, which ast.parse warns about
 pytestmark = pytest.mark.filterwarnings("ignore::SyntaxWarning")
 HUMANEVAL = BENCHMARKS / "HumanEval.jsonl.gz"

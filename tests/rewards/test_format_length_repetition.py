@@ -10,9 +10,9 @@ import pytest
 from rewards.format import format_verifier
 from rewards.length import length_verifier, measure, overlong_penalty
 from rewards.repetition import repeated_fraction, repetition_verifier
-from rlvr.rewards import VERIFIERS, RewardResult, RewardSpec, Scorer
+from rlvr.scoring import VERIFIERS, RewardResult, RewardSpec, Scorer
 
-FIXTURE = str(Path(__file__).resolve().parent / "fixtures" / "custom_verifier.py")
+FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures" / "custom_verifier.py")
 GOOD = "<think>\n6 * 12 = 72\n</think>\n<answer>72</answer>"
 
 

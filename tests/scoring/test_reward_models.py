@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlvr.reward_models import (
+from rlvr.scoring import (
     DEFAULT_UWO_LAMBDA,
     ENSEMBLE_COMBINES,
     RewardModel,
@@ -156,7 +156,7 @@ def test_left_truncation_keeps_the_completion(rm_dirs, caplog):
     assert plain.tokenizer.decode(plain.encode([prompt], [completion])[0]) == prompt[-4:] + completion
 
     # A completion longer than max_length alone keeps its last max_length tokens (warned once).
-    with caplog.at_level(logging.WARNING, logger="rlvr.reward_models"):
+    with caplog.at_level(logging.WARNING, logger="rlvr.scoring.reward_models"):
         long_ids = plain.encode(["p"], ["z" * 5 + "y" * 19])[0]
     assert plain.tokenizer.decode(long_ids) == "z" + "y" * 19
     assert "longer than max_length" in caplog.text

@@ -28,7 +28,7 @@ from rewards.format import format_verifier
 from rewards.length import length_verifier
 from rewards.math import math_verifier
 from rewards.repetition import repetition_verifier
-from rlvr.rewards import RewardSpec, Scorer
+from rlvr.scoring import RewardSpec, Scorer
 
 SEED = 0
 N_COMPLETIONS = 2000

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from rewards.math import gold_text, last_boxed, math_verifier, nesting_depth
-from rlvr.rewards import VERIFIERS, RewardResult
+from rlvr.scoring import VERIFIERS, RewardResult
 
 GSM8K_GOLD = "Natalia sold 1,000 + 234 = 1,234 clips in total.\n#### 1,234"
 

@@ -1,6 +1,7 @@
-"""Reward models: ``transformers`` sequence-classification models that score (prompt, completion) pairs.
+"""The reward-model runner: ``transformers`` sequence-classification models that score (prompt, completion)
+pairs in batches, their score normalisation, and ensembles of them.
 
-Verifiers (:mod:`rlvr.rewards`) are the first kind of scorer; reward models are the second: batched and
+Verifiers (:mod:`rlvr.scoring.api`) are the first kind of scorer; reward models are the second: batched and
 model-backed. Both kinds of reward model here share one small contract, :class:`RewardScorer`::
 
     scores = rm.score(prompts, completions)        # [N] float32 on the CPU, one score per pair
@@ -9,12 +10,11 @@ model-backed. Both kinds of reward model here share one small contract, :class:`
   (``num_labels == 1``, the Bradley-Terry reward head of InstructGPT, Ouyang et al. 2022, arXiv 2203.02155,
   as trained by TRL's ``RewardTrainer`` and most open reward models). It runs on the trainer's device, in
   length-sorted batches, with optional score normalisation (:class:`ScoreNormalizer`).
-* :class:`RewardModelEnsemble` combines several scorers with the objectives of Coste et al. 2023,
-  "Reward Model Ensembles Help Mitigate Overoptimization" (arXiv 2310.02743, ICLR 2024): the ``mean``,
-  worst-case optimisation (``min`` / ``wco``) and uncertainty-weighted optimisation (``uwo``,
-  mean - lambda * variance across members). Conservative objectives (WCO/UWO) penalise responses the
-  members disagree on, which is where a policy exploits a single proxy reward model (reward
-  over-optimisation, Gao et al. 2023, arXiv 2210.10760).
+* :class:`RewardModelEnsemble` combines several scorers with an ensemble objective looked up by name in
+  :data:`~rlvr.scoring.api.ENSEMBLE_COMBINES`. The built-in objectives (``mean``, ``min``/``wco``, ``uwo``,
+  Coste et al. 2023, "Reward Model Ensembles Help Mitigate Overoptimization", arXiv 2310.02743) are
+  defined in ``rewards/reward_models.py``; a user registers more with
+  :func:`~rlvr.scoring.api.ensemble_combine`.
 * :func:`build_reward_model` builds either from a recipe-like dict.
 
 Scores are returned on the CPU as float32 so they can be summed with verifier scores; only the model's
@@ -25,22 +25,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-from rlvr.registry import Registry
+from rlvr.scoring.api import DEFAULT_UWO_LAMBDA, ENSEMBLE_COMBINES
 
 logger = logging.getLogger(__name__)
 
 NormalizeMode = Literal["none", "batch", "running"]
 NORMALIZE_MODES = ("none", "batch", "running")
-
-#: Default UWO coefficient lambda: the value Coste et al. use for PPO (``uwo_weight: 0.1`` in the
-#: authors' ``configs/config_rl.yaml``, github.com/tlc4418/llm_optimization); their best-of-n runs use 0.5.
-#: The paper reports UWO to be fairly robust to lambda. On-policy RL here is the PPO-like setting.
-DEFAULT_UWO_LAMBDA = 0.1
 
 # Private-use code points that never occur in real prompts; used to locate the prompt inside a chat template.
 _PROMPT_SENTINEL = "\ue000rlvr-prompt\ue000"
@@ -370,36 +365,8 @@ def _check_pairs(prompts: Sequence[str], completions: Sequence[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Ensembles (Coste et al. 2023, arXiv 2310.02743)
+# Ensembles
 # --------------------------------------------------------------------------------------------------------
-
-#: ``(member_scores [M, N], lam) -> [N]``: how an ensemble turns its members' scores into one score.
-EnsembleCombine = Callable[[torch.Tensor, float], torch.Tensor]
-ENSEMBLE_COMBINES: Registry[EnsembleCombine] = Registry("reward-model ensemble combine")
-
-
-@ENSEMBLE_COMBINES.register("mean")
-def combine_mean(member_scores: torch.Tensor, lam: float = 0.0) -> torch.Tensor:
-    """Mean optimisation: the average of the members' scores (``lam`` is unused)."""
-    return member_scores.mean(dim=0)  # [N]
-
-
-@ENSEMBLE_COMBINES.register("wco")
-@ENSEMBLE_COMBINES.register("min")
-def combine_min(member_scores: torch.Tensor, lam: float = 0.0) -> torch.Tensor:
-    """Worst-case optimisation (WCO, Coste et al. 2023, eq. 2): the lowest member score (``lam`` unused)."""
-    return member_scores.min(dim=0).values  # [N]
-
-
-@ENSEMBLE_COMBINES.register("uwo")
-def combine_uwo(member_scores: torch.Tensor, lam: float = DEFAULT_UWO_LAMBDA) -> torch.Tensor:
-    """Uncertainty-weighted optimisation (UWO, Coste et al. 2023, eq. 3): mean - lam * variance.
-
-    The penalty is the intra-ensemble *variance* (not the standard deviation), with the 1/M population
-    normalisation of the paper's formula and of the authors' best-of-n code (``np.var``). Their PPO code
-    uses ``torch.var`` (1/(M-1)), a constant factor M/(M-1) that lam absorbs.
-    """
-    return member_scores.mean(dim=0) - lam * member_scores.var(dim=0, unbiased=False)  # [N]
 
 
 class RewardModelEnsemble:

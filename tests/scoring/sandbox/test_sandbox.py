@@ -1,5 +1,5 @@
-"""The code sandbox (rlvr.sandbox) against hostile programs: every attack is contained, the host and this
-test process are unaffected, and the next program still runs.
+"""The code sandbox (rlvr.scoring.sandbox) against hostile programs: every attack is contained, the host and
+this test process are unaffected, and the next program still runs.
 
 Most tests need the machine's best mode ("full": namespaces + a dropped uid, i.e. root with ``unshare``);
 they are skipped, saying why, where the sandbox only has a weaker mode. Time limits are short (1-2 s) so the
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from rlvr import sandbox
-from rlvr.sandbox import ExecResult, run_many, run_program
+from rlvr.scoring import sandbox
+from rlvr.scoring.sandbox import ExecResult, host, process, run_many, run_program
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 ISO = sandbox.isolation()
 full_only = pytest.mark.skipif(ISO.mode != "full", reason=f"sandbox mode here is {ISO.mode!r}, not 'full'")
 needs_ns = pytest.mark.skipif(not ISO.namespaces, reason=f"sandbox mode here is {ISO.mode!r} (no namespaces)")
@@ -369,7 +369,7 @@ def test_writing_outside_the_working_directory():
 @full_only
 def test_read_only_root_without_mount_setattr(monkeypatch):
     """Kernels older than 5.12 have no mount_setattr: the launcher remounts mount by mount instead."""
-    monkeypatch.setattr(sandbox, "_REMOUNT_FALLBACK", True)
+    monkeypatch.setattr(process, "_REMOUNT_FALLBACK", True)
     result = run(
         """
         import os
@@ -528,7 +528,7 @@ def test_the_sandbox_dies_with_its_caller():
         [
             sys.executable,
             "-c",
-            "from rlvr.sandbox import run_program\n"
+            "from rlvr.scoring.sandbox import run_program\n"
             f"run_program(\"import subprocess; subprocess.run(['sleep', str({seconds}) + '.375'])\", "
             "timeout_s=60)",
         ],
@@ -597,12 +597,12 @@ def test_weaker_modes_still_run_programs(mode):
         print(libc.mount(b"none", b"/", None, 32 | 4096, None), ctypes.get_errno())  # remount,bind: rw
         """
     )
-    result = sandbox._run(source, mode=mode, uid_drop=None, stdin="abc")
+    result = process._run(source, mode=mode, uid_drop=None, stdin="abc")
     assert result.status == "ok", result
     reversed_input, capabilities, remount = result.stdout.splitlines()
     assert reversed_input == "cba" and int(capabilities, 16) == 0  # no capabilities, even as (userns) root
     assert remount.split()[0] == "-1" and remount.split()[1] == "1"  # EPERM
-    timeout = sandbox._run("while True:\n    pass", mode=mode, uid_drop=None, timeout_s=1)
+    timeout = process._run("while True:\n    pass", mode=mode, uid_drop=None, timeout_s=1)
     assert timeout.status == "timeout"
 
 
@@ -610,7 +610,7 @@ SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
 
 
 @pytest.mark.skipif(
-    os.geteuid() != 0 or not SYSTEM_PYTHON or not sandbox._reachable_by_others(str(REPO_ROOT / "rlvr")),
+    os.geteuid() != 0 or not SYSTEM_PYTHON or not host._reachable_by_others(str(REPO_ROOT / "rlvr")),
     reason="needs root (to become an unprivileged user) and a system python3 that user can run",
 )
 def test_as_an_unprivileged_caller():
@@ -621,7 +621,7 @@ def test_as_an_unprivileged_caller():
         import json, logging, os, sys
         sys.path.insert(0, {str(REPO_ROOT)!r})
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
-        from rlvr import sandbox
+        from rlvr.scoring import sandbox
         bomb = "import os\\nn = 0\\nfor i in range(200):\\n    try:\\n        if os.fork() == 0:\\n"
         bomb += "            import time; time.sleep(3); os._exit(0)\\n        n += 1\\n"
         bomb += "    except OSError:\\n        break\\nprint(n)\\n"
@@ -658,7 +658,7 @@ def test_as_an_unprivileged_caller():
 def test_degraded_mode_is_announced_once(monkeypatch, caplog):
     monkeypatch.setenv("RLVR_SANDBOX_MODE", "rlimits")
     try:
-        with caplog.at_level(logging.WARNING, logger="rlvr.sandbox"):
+        with caplog.at_level(logging.WARNING, logger="rlvr.scoring.sandbox"):
             iso = sandbox.isolation(refresh=True)
             sandbox.isolation()
             assert run_program("print(1)").stdout == "1\n"
@@ -672,13 +672,13 @@ def test_degraded_mode_is_announced_once(monkeypatch, caplog):
 
 @full_only
 def test_kill_uid_reaches_exactly_that_uid():
-    uid = sandbox._pick_uid()
+    uid = host._pick_uid()
     as_uid = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
     victim = subprocess.Popen([*as_uid, "sleep", "30"])
     bystander = subprocess.Popen(["sleep", "30"])
     try:
         time.sleep(0.2)
-        sandbox._kill_uid(uid)
+        host._kill_uid(uid)
         assert victim.wait(timeout=5) == -signal.SIGKILL
         assert bystander.poll() is None
     finally:
