@@ -36,7 +36,7 @@ from rlvr.trainer.collect import collect
 from rlvr.trainer.components import Component, Requests, build_components, merge_requests, requests_of
 from rlvr.trainer.distributed import gathered, global_means, global_sums
 from rlvr.trainer.evaluation import PeriodicEvaluator
-from rlvr.trainer.logprobs import critic_output, fill_fields, policy_output
+from rlvr.trainer.logprobs import BATCH_FIELDS, critic_output, fill_fields, policy_output
 from rlvr.trainer.metrics import MetricsLogger
 from rlvr.trainer.setup import (
     configure_deepspeed,
@@ -109,28 +109,30 @@ def build(recipe: Recipe) -> Trainer:
         POLICY_LOSSES.get(algo.policy_loss),
         POLICY_LOSSES.bind(algo.policy_loss, algo.policy_loss_kwargs),
     )
-    critic_path = None
-    if "values" in requests_of(*advantage):
-        with accelerator.main_process_first():
-            critic_path = str(resolve_model(algo.critic.model)) if algo.critic.model else model_path
-    model = load_policy(model_path, recipe, critic_path=critic_path)
-    optimizer, scheduler = make_optimizer(model, recipe)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    ref_model = make_reference(accelerator, model_path, recipe) if algo.kl_coef > 0 else None
 
-    def reset() -> None:  # ProRL: the reference becomes the current policy
+    def reset() -> None:  # ProRL: the reference becomes the current policy (called by the KL component)
         reset_reference(accelerator, model, ref_model)
         if algo.reset_optimizer_with_reference:
             reset_optimizer_state(optimizer)
 
-    components = build_components(recipe, advantage, reset_reference=reset if ref_model is not None else None)
+    components = build_components(recipe, advantage, reset_reference=reset)
     requests = merge_requests(
         requests_of(*advantage),
         requests_of(*policy_loss),
         update_needs(recipe),
         *(c.needs for c in components),
     )
+    # the models to build follow from the requested fields' sources (a critic for values, a reference)
+    sources = {BATCH_FIELDS.get(name).model for name in requests if name in BATCH_FIELDS}
+    critic_path = None
+    if "critic" in sources:
+        with accelerator.main_process_first():
+            critic_path = str(resolve_model(algo.critic.model)) if algo.critic.model else model_path
+    model = load_policy(model_path, recipe, critic_path=critic_path)
+    optimizer, scheduler = make_optimizer(model, recipe)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    ref_model = make_reference(accelerator, model_path, recipe) if "reference" in sources else None
     temperature = recipe.rollout.temperature
     forwards = {"policy": policy_output(model, temperature)}
     if ref_model is not None:
