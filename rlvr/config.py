@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 class _RecipeLoader(yaml.SafeLoader):
     """PyYAML's safe loader, but ``1e-3`` is a float (YAML 1.2), not the string YAML 1.1 makes of it.
 
-    Values in free-form ``*_kwargs`` mappings reach the plug-in as written, so ``{lr: 1e-3}`` must not
-    arrive as ``"1e-3"``.
+    Values in free-form ``*_kwargs`` mappings are checked against the plug-in's annotations (strictly: a
+    string is not a number), so ``{lr: 1e-3}`` must not arrive as ``"1e-3"``.
     """
 
 

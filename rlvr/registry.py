@@ -42,7 +42,7 @@ def hyperparameters(
     ``*args`` / ``**kwargs``, the batch fields ``fn`` declares it reads (``needs``) and ``reserved`` names
     the trainer passes itself (a controller's initial ``coef``)."""
     skip = set(reserved) | set(getattr(fn, "needs", ()))
-    params = list(inspect.signature(fn).parameters.values())[inputs:]
+    params = list(_signature(fn).parameters.values())[inputs:]
     return {
         p.name: p
         for p in params
@@ -57,10 +57,11 @@ def bind_kwargs(
 
     Raises :class:`PluginArgumentError` naming ``what`` (e.g. ``policy loss 'dapo'``) for an unknown
     argument (unless ``fn`` takes ``**kwargs``), a missing required one, or a value that does not fit the
-    annotation (checked with pydantic in lax mode, so ``1`` passes for a ``float`` and is passed as ``1.0``).
+    annotation (checked with pydantic, strictly but for ``int`` -> ``float``: ``1`` passes for a ``float`` and
+    is passed as ``1.0``; ``"1"`` or ``True`` does not).
     """
     settable = hyperparameters(fn, inputs, reserved)
-    open_ended = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in _signature(fn).parameters.values())
     for name in kwargs:
         if name not in settable and not open_ended:
             known = ", ".join(sorted(settable)) or "none"
@@ -79,6 +80,12 @@ def bind_kwargs(
     return bound
 
 
+def _signature(fn: Callable) -> inspect.Signature:
+    """The signature ``fn`` is called with: a ``functools.wraps`` wrapper's own, not the wrapped function's
+    (a pass-through ``**kwargs`` wrapper accepts anything; its arguments are then checked when called)."""
+    return inspect.signature(fn, follow_wrapped=False)
+
+
 def _type_hints(fn: Callable) -> dict[str, Any]:
     """``fn``'s resolved annotations; {} when they cannot be resolved (a user's plug-in may use anything)."""
     target = fn.__init__ if inspect.isclass(fn) else fn
@@ -89,6 +96,8 @@ def _type_hints(fn: Callable) -> dict[str, Any]:
 
 
 def _checked(value: Any, hint: Any, what: str) -> Any:
+    """``value`` checked against ``hint`` with pydantic: strictly (no ``"3"`` for an int, no ``True`` for a
+    float, no ``"off"`` for a bool; an int is a float), except that a YAML list may become a tuple."""
     if hint is None or hint is Any:
         return value
     from pydantic import TypeAdapter, ValidationError
@@ -98,11 +107,17 @@ def _checked(value: Any, hint: Any, what: str) -> Any:
     except Exception:  # noqa: BLE001 - a type pydantic cannot check (a tensor, a callable): not checked
         return value
     try:
-        return adapter.validate_python(value)
+        return adapter.validate_python(value, strict=True)
     except ValidationError as exc:
-        expected = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-        reason = exc.errors()[0]["msg"] if exc.errors() else str(exc)
-        raise PluginArgumentError(f"{what} expects {expected}, got {value!r} ({reason})") from None
+        error = exc
+    if isinstance(value, (list, dict)):
+        try:
+            return adapter.validate_python(value)  # containers: list -> tuple, nested numbers
+        except ValidationError as exc:
+            error = exc
+    expected = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    reason = error.errors()[0]["msg"] if error.errors() else str(error)
+    raise PluginArgumentError(f"{what} expects {expected}, got {value!r} ({reason})") from None
 
 
 class Registry(Generic[T]):

@@ -263,12 +263,12 @@ def run_step(t: Trainer) -> dict[str, float]:
     if acc.is_main_process:
         _print_samples(t, groups)
     offset = acc.process_index * len(groups)
-    batch = batch_of_groups(groups, _pad_id(t.tokenizer), group_offset=offset).to(acc.device)
+    batch = batch_of_groups(groups, _pad_id(t.tokenizer), group_offset=offset)  # on the CPU
     verdicts = torch.tensor([v for g in groups for v in g.verdicts])  # [N]
 
     # 4. what the plug-ins read from the models before the update: one no-grad pass per model
     ctx.model.eval()
-    fill_fields(batch, t.requests, t.forwards, ctx.micro_batch)
+    fill_fields(batch, t.requests, t.forwards, ctx.micro_batch, device=acc.device)
 
     # 5. advantages, from inputs the components may shape first (a KL penalty in the reward)
     inputs = AdvantageInputs.from_batch(batch)

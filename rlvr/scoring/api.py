@@ -45,22 +45,26 @@ DEFAULT_UWO_LAMBDA = 0.1
 
 _BUILTINS_LOCK = threading.RLock()
 _builtins_loaded = False
+_builtins_loading = False  # only ever True inside the lock, i.e. seen by the importing thread alone
 
 
 def load_builtins() -> None:
-    """Import the ``rewards`` package once, so the built-in verifiers and ensemble objectives register."""
-    global _builtins_loaded
+    """Import the ``rewards`` package once, so the built-in verifiers and ensemble objectives register.
+
+    Other threads wait on the lock until the import has finished; a lookup made by the importing thread
+    itself while ``rewards`` is being imported (the lock is re-entrant) returns at once."""
+    global _builtins_loaded, _builtins_loading
     if _builtins_loaded:
         return
-    with _BUILTINS_LOCK:  # re-entrant: a lookup made while ``rewards`` is being imported returns at once
-        if _builtins_loaded:
+    with _BUILTINS_LOCK:
+        if _builtins_loaded or _builtins_loading:
             return
-        _builtins_loaded = True
+        _builtins_loading = True
         try:
-            importlib.import_module("rewards")
-        except BaseException:
-            _builtins_loaded = False  # the next lookup tries again (and raises the same clear error)
-            raise
+            importlib.import_module("rewards")  # on failure the next lookup tries again (same clear error)
+            _builtins_loaded = True
+        finally:
+            _builtins_loading = False
 
 
 class BuiltinRegistry(Registry[T]):

@@ -117,6 +117,7 @@ class KLPenalty(Component):
         token_level: bool,
         reset_every: int = 0,
         reset: Callable[[], None] | None = None,
+        enabled: bool | None = None,
     ) -> None:
         self.controller = controller
         self.estimator = estimator
@@ -124,7 +125,9 @@ class KLPenalty(Component):
         self.token_level = token_level
         self.reset_every = reset_every
         self.reset = reset
-        self.enabled = controller.value > 0
+        self.enabled = controller.value > 0 if enabled is None else enabled
+        """Whether there is a reference and a KL term (the recipe's kl_coef > 0), whatever the controller
+        does to the coefficient later."""
         self.needs = {}
         if self.enabled:
             self.needs = {"ref_logprobs": {}}
@@ -291,6 +294,7 @@ def build_components(
             token_level="token_rewards" in needs_of(estimator),
             reset_every=algo.reference_reset_every,
             reset=reset_reference,
+            enabled=algo.kl_coef > 0,
         ),
         EntropyBonus(entropy_controller),
     ]

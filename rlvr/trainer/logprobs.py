@@ -122,10 +122,12 @@ def fill_fields(
     requests: Mapping[str, Mapping[str, Any]],
     forwards: Mapping[str, Callable[[RolloutBatch], torch.Tensor]],
     micro: int,
+    device: torch.device | str | None = None,
 ) -> list[str]:
     """Compute the ``requests`` (field -> statistic parameters) that ``batch`` lacks and that have a source
-    in :data:`BATCH_FIELDS`, ``micro`` rows at a time, one forward per model (``forwards[model](chunk)``);
-    store them on ``batch`` (on its device). Returns the names it filled."""
+    in :data:`BATCH_FIELDS`, ``micro`` rows at a time, one forward per model (``forwards[model](chunk)``),
+    each chunk moved to ``device``; store them on ``batch``, on the batch's own device (the step keeps its
+    batch on the CPU, so advantages are computed there, deterministically). Returns the names it filled."""
     wanted = {
         name: params
         for name, params in requests.items()
@@ -140,10 +142,13 @@ def fill_fields(
         parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         for i in range(0, len(batch), micro):
             chunk = batch.select(slice(i, i + micro))
+            if device is not None:
+                chunk = chunk.to(device)
             output = forwards[model](chunk)
             for name in names:
                 statistic = BATCH_FIELDS.get(name).statistic
-                parts[name].append(statistic(output, chunk.response_ids, **wanted[name]))
+                value = statistic(output, chunk.response_ids, **wanted[name])  # [n, T]
+                parts[name].append(value.to(batch.response_ids.device))
         for name in names:
             setattr(batch, name, torch.cat(parts[name], dim=0))  # [N, T]
     return sorted(wanted)
