@@ -12,6 +12,7 @@ names the recipe file and the dotted key, raised before any model is loaded.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +43,15 @@ class RecipeError(ValueError):
     """A recipe (or an override) is invalid; the message names the file and the key."""
 
 
+class KeyedValueError(ValueError):
+    """A check across sections (a model validator) that fails because of ``key``: the error is reported
+    under that key (and blamed on the override that set it), not under "(top level)"."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
@@ -56,7 +66,8 @@ class RunConfig(_Section):
     steps: int = Field(10, ge=1)
     """Number of RL steps (one step = rollout a batch, score it, update the policy, sync weights)."""
     save_every: int = Field(0, ge=0)
-    """Save a resumable checkpoint every N steps (0: only at the end)."""
+    """Save a resumable checkpoint every N steps and after the last one (0: no checkpoints; the final model
+    is still written when save_final)."""
     keep_last: int = Field(2, ge=1)
     """How many step checkpoints to keep; older ones are deleted after a new one is complete."""
     resume: bool = False
@@ -85,9 +96,10 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    path: str = "data/arithmetic/train.jsonl"
-    """Local .jsonl/.json/.parquet file (relative to the current directory or the recipe folder) or a
-    hub dataset name."""
+    path: str | None = None
+    """Required: a local .jsonl/.json/.parquet file (relative to the current directory or the recipe
+    folder), a folder of such files (one per split) or a hub dataset name. (No default: the prompts are the
+    one thing a recipe cannot leave out.)"""
     split: str = "train"
     """Split to load from a hub dataset or a local data folder (a single file has only "train")."""
     subset: str | None = None
@@ -195,7 +207,8 @@ class RewardModelConfig(_Section):
     model: dict[str, Any]
     """rlvr.scoring.build_reward_model spec, run on the trainer's device: one model {path, normalize:
     none|batch|running, batch_size, max_length, chat_template} or an ensemble {ensemble: [path, ...],
-    combine: mean|min|uwo, lam, normalize} (arXiv 2310.02743). Paths: folder, alias or hub id."""
+    combine: mean|min|uwo, lam, normalize} (arXiv 2310.02743). Paths: folder, alias or hub id. Keys and
+    values are checked when the recipe loads (rlvr.scoring.check_reward_model_spec)."""
 
 
 class RewardsConfig(_Section):
@@ -207,7 +220,15 @@ class RewardsConfig(_Section):
     """Verifier worker processes (0: run inline, without timeouts)."""
     timeout_s: float = Field(10.0, gt=0)
     """Per-sample verifier timeout; a timeout, crash or bad return scores failure_score."""
-    failure_score: float = 0.0
+    failure_score: float = Field(0.0, ge=-1e6, le=1e6)
+    """Score of a failed verifier call: a timeout, an exception, a dead worker process, or a return value
+    that is not a finite number within +-1e6 (reward/failures/<kind>)."""
+    max_failure_frac: float = Field(0.5, ge=0, le=1)
+    """Warn when a verifier fails on more than this fraction of a step's calls (summed over processes);
+    1 never warns."""
+    stop_when_all_fail: bool = True
+    """Stop the run (exit code 2, naming the verifier and its first failure) when a verifier fails on every
+    call of a step: a broken verifier, whose reward would only be failure_score."""
     correct_threshold: float = 0.5
     """A sample counts as correct (accuracy metric, pass rates) when its reward is >= this."""
 
@@ -359,15 +380,18 @@ class Recipe(_Section):
     @model_validator(mode="after")
     def _check_batch_shapes(self) -> Recipe:
         if self.rollout.ead is not None and self.rollout.temperature != 1.0:
-            raise ValueError(
+            raise KeyedValueError(
+                "rollout.temperature",
                 f"rollout.ead sets the temperature of every token; rollout.temperature must be 1.0 (the "
-                f"trainer's target policy), got {self.rollout.temperature}"
+                f"trainer's target policy), got {self.rollout.temperature}",
             )
         samples = self.train.prompts_per_step * self.rollout.num_generations
         if samples % self.train.num_mini_batches:
-            raise ValueError(
-                f"train.prompts_per_step * rollout.num_generations = {samples} must be divisible by "
-                f"train.num_mini_batches = {self.train.num_mini_batches}"
+            raise KeyedValueError(
+                "train.num_mini_batches",
+                f"train.prompts_per_step * rollout.num_generations = {self.train.prompts_per_step} * "
+                f"{self.rollout.num_generations} = {samples} samples per step must be divisible by "
+                f"train.num_mini_batches = {self.train.num_mini_batches}",
             )
         return self
 
@@ -419,8 +443,27 @@ def parse_overrides(overrides: list[str], source: str = "<command line>") -> dic
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"{source}: override {item!r} is not of the form section.key=value")
-        _set_dotted(tree, key.strip(), _yaml_load(raw) if raw else "", source)
+        try:
+            value = _yaml_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            problem = str(exc).splitlines()[0]
+            raise RecipeError(f"{source} override {item}: the value is not valid YAML ({problem})") from None
+        _set_dotted(tree, key.strip(), value, source)
     return tree
+
+
+def _override_blame(overrides: list[str]) -> Callable[[str], str | None]:
+    """``blame(key)``: ``"<command line> override train.lr=..."`` when the last override that set ``key``
+    (or a section holding it, or a key inside it) is the reason it has its value; None for the file."""
+    set_by = [(item.partition("=")[0].strip(), item) for item in overrides]
+
+    def blame(key: str) -> str | None:
+        for dotted, item in reversed(set_by):
+            if dotted == key or key.startswith((f"{dotted}.", f"{dotted}[")) or dotted.startswith(f"{key}."):
+                return f"<command line> override {item}"
+        return None
+
+    return blame
 
 
 def merge_trees(base: dict, extra: dict) -> dict:
@@ -434,32 +477,69 @@ def merge_trees(base: dict, extra: dict) -> dict:
     return out
 
 
-def format_validation_error(err: ValidationError, source: str, what: str = "recipe") -> str:
-    """One line per problem, each naming the dotted key: ``invalid recipe r.yaml:\n  train.lr: ...``."""
-    lines = [f"invalid {what} {source}:"]
+def format_validation_error(
+    err: ValidationError,
+    source: str,
+    what: str = "recipe",
+    blame: Callable[[str], str | None] | None = None,
+) -> str:
+    """One line per problem, each naming the dotted key: ``invalid recipe r.yaml:\n  train.lr: ...``.
+
+    A problem ``blame(key)`` attributes to something else (a command-line override) gets a line of its own,
+    ``<command line> override train.lr=x: train.lr: ...``, instead of one under the file. A check across
+    sections that raised :class:`KeyedValueError` is reported under its key, without the input.
+    """
+    in_file, elsewhere = [], []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        cause = (e.get("ctx") or {}).get("error")
+        key = _dotted(e["loc"]) or getattr(cause, "key", None) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
+            problem = f"{key}: unknown key"
         else:
-            message = e["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key}: {message} (got {e.get('input')!r})")
-    return "\n".join(lines)
+            problem = f"{key}: {e['msg'].removeprefix('Value error, ')}"
+            if e["loc"]:  # a model-level check's input is the whole recipe: not shown
+                shown = repr(e.get("input"))
+                problem += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+        origin = blame(key) if blame is not None and key != "(top level)" else None
+        if origin is None:
+            in_file.append(f"  {problem}")
+        else:
+            elsewhere.append(f"{origin}: {problem}")
+    return "\n".join([*([f"invalid {what} {source}:"] if in_file else []), *in_file, *elsewhere])
+
+
+def _dotted(loc: tuple) -> str:
+    """A pydantic error location as a recipe key: ``("rewards", "verifiers", 0, "name")`` ->
+    ``rewards.verifiers[0].name``."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
+    return key
 
 
 def _expand(value: str, recipe: Recipe) -> str:
     return value.replace("${run.name}", recipe.run.name)
 
 
-def _check_references(recipe: Recipe, base_dir: Path) -> None:
-    """Registry names and local files the recipe refers to must exist (checked before models load)."""
-    from rlvr.algorithms import PLUGIN_FAMILIES, POLICY_LOSSES
-    from rlvr.algorithms.utils import needs_of
+def _check_references(
+    recipe: Recipe, base_dir: Path, blame: Callable[[str], str | None] | None = None
+) -> None:
+    """Registry names and local files the recipe refers to must exist, the data file's first rows must fit
+    the data section, and the model name must name something (checked before models load).
+
+    ``blame(key)`` names where a key's value came from when not the recipe file (a command-line override).
+    """
+    from rlvr.algorithms import ADVANTAGES, PLUGIN_FAMILIES, POLICY_LOSSES
+    from rlvr.algorithms.utils import is_group_relative, needs_of
+    from rlvr.data.loading import check_data_file
     from rlvr.data.sampler import SAMPLERS
+    from rlvr.models import model_name_problem
     from rlvr.rollout import ENGINES
     from rlvr.scoring import resolve_verifier
 
-    src = recipe.source
+    def where(key: str) -> str:
+        return f"{(blame(key) if blame else None) or recipe.source}: {key}"
+
     algo = recipe.algorithm
     checks = [
         *(
@@ -476,7 +556,7 @@ def _check_references(recipe: Recipe, base_dir: Path) -> None:
     ]
     for key, name, known in checks:
         if name not in known:
-            raise RecipeError(f"{src}: {key}: unknown name {name!r}; known: {', '.join(sorted(known))}")
+            raise RecipeError(f"{where(key)}: unknown name {name!r}; known: {', '.join(sorted(known))}")
     if recipe.eval.every:
         from rlvr.eval.benchmarks import load_spec
 
@@ -484,17 +564,25 @@ def _check_references(recipe: Recipe, base_dir: Path) -> None:
             try:
                 spec = load_spec(name)
             except Exception as exc:  # noqa: BLE001 - re-raised with the recipe key
-                raise RecipeError(f"{src}: eval.benchmarks[{i}]: {exc}") from exc
+                raise RecipeError(f"{where(f'eval.benchmarks[{i}]')}: {exc}") from exc
             n = recipe.eval.n or spec.sampling.n
             if max(recipe.eval.ks) > n:
-                raise RecipeError(f"{src}: eval.ks: k={max(recipe.eval.ks)} > n={n} samples per problem")
-    loss_needs = needs_of(POLICY_LOSSES.get(recipe.algorithm.policy_loss))
+                raise RecipeError(f"{where('eval.ks')}: k={max(recipe.eval.ks)} > n={n} samples per problem")
+    group = recipe.rollout.num_generations
+    if group == 1 and is_group_relative(ADVANTAGES.get(algo.advantage)):
+        others = ", ".join(n for n in ADVANTAGES.names() if not is_group_relative(ADVANTAGES.get(n)))
+        raise RecipeError(
+            f"{where('rollout.num_generations')}: advantage estimator {algo.advantage!r} compares the "
+            "samples of a prompt with each other, so with 1 sample per prompt every advantage is 0 and "
+            f"nothing is trained; use rollout.num_generations >= 2, or an estimator that is not "
+            f"group-relative ({others})"
+        )
+    loss_needs = needs_of(POLICY_LOSSES.get(algo.policy_loss))
     if "group_index" in loss_needs:
-        group = recipe.rollout.num_generations
         micro = min(recipe.train.micro_batch_size, recipe.train.prompts_per_step * group)
         if micro % group:
             raise RecipeError(
-                f"{src}: train.micro_batch_size: policy loss {recipe.algorithm.policy_loss!r} couples the "
+                f"{where('train.micro_batch_size')}: policy loss {algo.policy_loss!r} couples the "
                 f"samples of a prompt, so a micro-batch must hold whole groups: use a multiple of "
                 f"rollout.num_generations={group}, got {recipe.train.micro_batch_size}"
             )
@@ -502,23 +590,48 @@ def _check_references(recipe: Recipe, base_dir: Path) -> None:
         try:
             resolve_verifier(reward.name, base_dir=base_dir)
         except Exception as exc:  # noqa: BLE001 - re-raised with the recipe key
-            raise RecipeError(f"{src}: rewards.verifiers[{i}].name: {exc}") from exc
-    _check_plugin_arguments(recipe, base_dir)
-    data_path = resolve_local(recipe.data.path, base_dir)
-    if data_path is None and looks_local(recipe.data.path):
-        raise RecipeError(f"{src}: data.path: file not found: {recipe.data.path}")
+            raise RecipeError(f"{where(f'rewards.verifiers[{i}].name')}: {exc}") from exc
+    _check_plugin_arguments(recipe, base_dir, where)
+    data = recipe.data
+    if data.path is None:
+        raise RecipeError(
+            f"{where('data.path')}: required: the prompts to train on (a .jsonl/.json/.parquet file, a "
+            "folder of them or a hub dataset name)"
+        )
+    data_path = resolve_local(data.path, base_dir)
+    if data_path is None and looks_local(data.path):
+        raise RecipeError(f"{where('data.path')}: file not found: {data.path}")
     if data_path is not None:
-        recipe.data.path = str(data_path)
-    model_path = resolve_local(recipe.model.name_or_path, base_dir)
-    if model_path is None and looks_local(recipe.model.name_or_path):
-        raise RecipeError(f"{src}: model.name_or_path: folder not found: {recipe.model.name_or_path}")
-    if model_path is not None:
-        recipe.model.name_or_path = str(model_path)
+        data.path = str(data_path)
+        problem = check_data_file(data)  # the first rows: empty file, columns, prompt template
+        if problem is not None:
+            key, message = problem
+            raise RecipeError(f"{where(key)}: {message}")
+    for key, section, field in (
+        ("model.name_or_path", recipe.model, "name_or_path"),
+        ("algorithm.critic.model", algo.critic, "model"),
+    ):
+        name = getattr(section, field)
+        if name is None:
+            continue
+        model_path = resolve_local(name, base_dir)
+        if model_path is None and looks_local(name):
+            raise RecipeError(f"{where(key)}: folder not found: {name}")
+        if model_path is not None:
+            name = str(model_path)
+            setattr(section, field, name)
+        problem = model_name_problem(name)
+        if problem is not None:
+            raise RecipeError(f"{where(key)}: {problem}")
 
 
-def _check_plugin_arguments(recipe: Recipe, base_dir: Path) -> None:
-    """Bind every plug-in's keyword arguments against its signature (unknown, missing, wrong type) and build
-    the coefficient controllers (their own value checks), so a typo fails here, before anything loads."""
+def _check_plugin_arguments(
+    recipe: Recipe, base_dir: Path, where: Callable[[str], str] | None = None
+) -> None:
+    """Bind every plug-in's keyword arguments against its signature (unknown, missing, wrong type), build
+    the coefficient controllers (their own value checks) and check the reward-model specs (keys, combine,
+    values), so a typo fails here, before anything loads. (Benchmark verifiers' kwargs are checked when
+    their spec loads: ``rlvr.eval.benchmarks.check_spec``.)"""
     from rlvr.algorithms import (
         ADVANTAGES,
         ENTROPY_CONTROLLERS,
@@ -527,7 +640,7 @@ def _check_plugin_arguments(recipe: Recipe, base_dir: Path) -> None:
         TOKEN_WEIGHTS,
     )
     from rlvr.registry import PluginArgumentError, bind_kwargs
-    from rlvr.scoring import resolve_verifier
+    from rlvr.scoring import check_reward_model_spec, resolve_verifier
 
     algo = recipe.algorithm
     checks = [
@@ -562,15 +675,19 @@ def _check_plugin_arguments(recipe: Recipe, base_dir: Path) -> None:
             )
             for i, v in enumerate(recipe.rewards.verifiers)
         ),
+        *(
+            (f"rewards.reward_models[{i}].model", lambda m=m: check_reward_model_spec(m.model))
+            for i, m in enumerate(recipe.rewards.reward_models)
+        ),
     ]
+    where = where or (lambda key: f"{recipe.source}: {key}")
     for key, check in checks:
         try:
             check()
         except PluginArgumentError as exc:
-            where = f"{key}.{exc.argument}" if exc.argument else key
-            raise RecipeError(f"{recipe.source}: {where}: {exc}") from None
+            raise RecipeError(f"{where(f'{key}.{exc.argument}' if exc.argument else key)}: {exc}") from None
         except ValueError as exc:  # a controller's own check of its values
-            raise RecipeError(f"{recipe.source}: {key}: {exc}") from None
+            raise RecipeError(f"{where(key)}: {exc}") from None
 
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".gz")
@@ -610,27 +727,73 @@ def resolve_local(path: str, base_dir: Path | None, *more_roots: Path | None) ->
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check: bool = True) -> Recipe:
-    """Load, override and validate a recipe; ``check`` also verifies registry names and local files."""
+    """Load, override and validate a recipe; ``check`` also verifies registry names, local files, the data
+    file's first rows and the model name.
+
+    A problem is a :class:`RecipeError` naming the file (or ``<command line> override KEY=VALUE`` when an
+    override set the value) and the key: an empty file, a key given twice, invalid YAML, an unknown key, a
+    wrong value, an unknown name, a missing file.
+    """
     path = Path(path)
     source = str(path)
+    overrides = list(overrides or [])
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {source}")
+    text = path.read_text()
     try:
-        tree = _yaml_load(path.read_text()) or {}
+        _check_duplicate_keys(text, source)
+        tree = _yaml_load(text)
+    except yaml.MarkedYAMLError as exc:
+        line = f"line {exc.problem_mark.line + 1}: " if exc.problem_mark else ""
+        raise RecipeError(f"{source}: {line}not valid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{source}: not valid YAML: {exc}") from exc
+        raise RecipeError(f"{source}: not valid YAML: {exc}") from None
+    if tree is None:
+        raise RecipeError(
+            f"{source}: the recipe is empty; expected a mapping of sections (run, model, data, rollout, "
+            "rewards, algorithm, train, eval) that gives at least data.path"
+        )
     if not isinstance(tree, dict):
         raise RecipeError(f"{source}: a recipe is a mapping of sections, got {type(tree).__name__}")
-    tree = merge_trees(tree, parse_overrides(overrides or [], source))
+    tree = merge_trees(tree, parse_overrides(overrides))
+    blame = _override_blame(overrides)
     try:
         recipe = Recipe.model_validate(tree)
     except ValidationError as exc:
-        raise RecipeError(format_validation_error(exc, source)) from None
+        raise RecipeError(format_validation_error(exc, source, blame=blame)) from None
     recipe.source = source
     recipe.run.output_dir = _expand(recipe.run.output_dir, recipe)
     if check:
-        _check_references(recipe, path.parent.resolve())
+        _check_references(recipe, path.parent.resolve(), blame)
     return recipe
+
+
+def _check_duplicate_keys(text: str, source: str) -> None:
+    """A key given twice in one mapping is an error naming it and both lines (YAML loaders keep the last
+    one silently, so the first would be lost without a word)."""
+    stack: list[tuple[yaml.Node | None, str]] = [(yaml.compose(text, Loader=_RecipeLoader), "")]
+    visited: set[int] = set()
+    while stack:
+        node, key = stack.pop()
+        if node is None or id(node) in visited:  # an alias is the same node object: walk it once
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                name, line = key_node.value, key_node.start_mark.line + 1
+                child = f"{key}.{name}" if key else name
+                if name in first_line:
+                    raise RecipeError(
+                        f"{source}: {child}: given twice (lines {first_line[name]} and {line}); give each "
+                        "key once (YAML would silently keep only the last)"
+                    )
+                first_line[name] = line
+                stack.append((value_node, child))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{key}[{i}]") for i, item in enumerate(node.value))
 
 
 def dump_recipe(recipe: Recipe) -> str:

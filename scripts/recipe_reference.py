@@ -15,7 +15,8 @@ OUT = Path(__file__).resolve().parents[1] / "docs/recipes.md"
 
 HEADER = """# Recipe reference
 
-A recipe is a YAML file with the sections below; every key is optional and takes the default shown.
+A recipe is a YAML file with the sections below; every key but `data.path` is optional and takes the
+default shown.
 Generated from `rlvr/config.py` by `python scripts/recipe_reference.py`; do not edit by hand.
 Overrides on the command line use the dotted names: `rlvr train RECIPE.yaml train.lr=2.0e-6`.
 """

@@ -28,6 +28,22 @@ def accelerate(config: str, *args: str, num_processes: int | None = None) -> lis
     return [*cmd, "--main_process_port", str(free_port()), *args]
 
 
+def tiny_train(out: Path, *overrides: str, steps: int = 2) -> list[str]:
+    """``python -m rlvr.train`` of the tiny recipe into ``out``: ``steps`` steps, the transformers engine, no
+    final model, then ``overrides``."""
+    return [
+        sys.executable,
+        "-m",
+        "rlvr.train",
+        str(TINY_RECIPE),
+        f"run.output_dir={out}",
+        f"run.steps={steps}",
+        "run.save_final=false",
+        "rollout.engine=hf",
+        *overrides,
+    ]
+
+
 def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``cmd`` from the repository root; fail the test with the end of its output if it fails."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -100,7 +100,9 @@ def test_overrides_are_typed_and_checked(tmp_path):
     assert recipe.train.lr == 1e-5
     assert recipe.rollout.stop == ["\n\n", "END"]
     assert recipe.run.output_dir == "runs/x"
-    with pytest.raises(RecipeError, match="train.nope: unknown key"):
+    with pytest.raises(
+        RecipeError, match=r"^<command line> override train\.nope=1: train\.nope: unknown key$"
+    ):
         load_recipe(path, ["train.nope=1"])
     with pytest.raises(RecipeError, match="not of the form"):
         parse_overrides(["train.lr"])
@@ -194,6 +196,35 @@ PLUGIN_TYPOS = [
         ["rewards.verifiers=[{name: math, kwargs: {timeout: 3}}]"],
         "rewards.verifiers[0].kwargs.timeout: unknown argument 'timeout' of verifier 'math'",
     ),
+    # reward-model specs: checked without loading a model (rlvr.scoring.check_reward_model_spec)
+    (
+        ["rewards.reward_models=[{name: rm, model: {path: my-org/rm, batchsize: 2}}]"],
+        "rewards.reward_models[0].model.batchsize: unknown reward model key(s) ['batchsize']",
+    ),
+    (
+        ["rewards.reward_models=[{name: rm, model: {ensemble: [a/rm, b/rm], combine: avg}}]"],
+        "rewards.reward_models[0].model.combine: unknown reward-model ensemble combine 'avg'; known: ",
+    ),
+    (
+        ["rewards.reward_models=[{name: rm, model: {ensemble: [a/rm, b/rm], combine: uwo, lam: -1}}]"],
+        "rewards.reward_models[0].model.lam: ensemble lam must be a finite number >= 0, got -1",
+    ),
+    (
+        [
+            "rewards.reward_models=[{name: rm, model: {path: a/rm}},"
+            " {name: rm2, model: {ensemble: [a/rm, {path: b/rm, batch_size: 0}]}}]"
+        ],
+        "rewards.reward_models[1].model.ensemble[1].batch_size: batch_size must be an integer >= 1, got 0",
+    ),
+    (
+        ["rewards.reward_models=[{name: rm, model: {path: a/rm, normalize: whiten}}]"],
+        "rewards.reward_models[0].model.normalize: normalize must be one of none, batch, running, got "
+        "'whiten'",
+    ),
+    (
+        ["rewards.reward_models=[{name: rm, model: {normalize: batch}}]"],
+        "rewards.reward_models[0].model.path: a reward-model spec needs 'path'",
+    ),
 ]
 
 
@@ -202,4 +233,196 @@ def test_plugin_arguments_are_checked_when_the_recipe_loads(tmp_path, overrides,
     path = write(tmp_path, f"data:\n  path: {DATA}\n")
     with pytest.raises(RecipeError) as err:
         load_recipe(path, overrides)
-    assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
+    # blamed on the override that set the value, not on the recipe file
+    assert str(err.value).startswith(f"<command line> override {overrides[-1]}: {message}"), str(err.value)
+
+
+def test_benchmark_verifier_kwargs_are_checked_when_the_recipe_loads(tmp_path):
+    spec = tmp_path / "bench.yaml"
+    spec.write_text(
+        f"data: {{path: {ROOT / 'data/arithmetic/test.jsonl'}, prompt_field: question}}\n"
+        "verifier: {name: math, kwargs: {require_numbr: true}}\n"
+    )
+    path = write(tmp_path, f"data:\n  path: {DATA}\neval:\n  every: 1\n  benchmarks: [{spec}]\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(
+        f"{path}: eval.benchmarks[0]: {spec}: verifier.kwargs.require_numbr: unknown argument "
+        "'require_numbr' of verifier 'math'"
+    ), str(err.value)
+
+
+# --- bad input gets a clear error naming the file (or the override) and the key ---------------------------
+
+ARITHMETIC = str(ROOT / "data/arithmetic/train.jsonl")  # columns: question, answer, kind
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n"])
+def test_empty_recipe_is_rejected(tmp_path, text):
+    with pytest.raises(RecipeError, match=r"r\.yaml: the recipe is empty; expected a mapping of sections"):
+        load_recipe(write(tmp_path, text))
+
+
+def test_data_path_is_required(tmp_path):
+    # no default data file: the old default (data/arithmetic/train.jsonl) had no 'prompt' column anyway
+    with pytest.raises(RecipeError, match=r"r\.yaml: data\.path: required: the prompts to train on"):
+        load_recipe(write(tmp_path, "run:\n  steps: 2\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            f"data:\n  path: {DATA}\ntrain:\n  lr: 1.0e-5\n  lr: 2.0e-5\n",
+            "train.lr: given twice (lines 4 and 5)",
+        ),
+        (
+            f"train:\n  lr: 1.0e-5\ndata:\n  path: {DATA}\ntrain:\n  epochs: 2\n",
+            "train: given twice (lines 1 and 5)",
+        ),
+        (
+            f"data:\n  path: {DATA}\nrewards:\n  verifiers:\n    - {{name: math, weight: 1, weight: 2}}\n",
+            r"rewards.verifiers[0].weight: given twice (lines 5 and 5)",
+        ),
+    ],
+)
+def test_duplicate_keys_are_rejected(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path}: {message}; give each key once (YAML would silently keep only the last)"
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, f"data:\n  path: {DATA}\ntrain:\n  lr: [1\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml: line \d+: not valid YAML: "):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {},  # the default prompt_field 'prompt' does not fit the arithmetic file
+            "data.prompt_field: 'prompt' is not a column (columns: question, answer, kind); set "
+            "data.prompt_field to the column holding the prompt (in {file})",
+        ),
+        (
+            {"prompt_field": "question", "answer_field": "solution"},
+            "data.answer_field: 'solution' is not a column",
+        ),
+        (
+            {"prompt_field": "question", "prompt_template": "{prompt} ({knd})"},
+            "data.prompt_template: '{prompt} ({knd})' uses {knd}, which is not a row field (fields: prompt, "
+            "question, answer, kind)",
+        ),
+        (
+            {"prompt_field": "question", "prompt_template": "{prompt"},
+            "data.prompt_template: '{prompt' is not a ",
+        ),
+    ],
+)
+def test_data_file_columns_and_template_are_checked_at_load(tmp_path, data, message):
+    fields = "".join(f"  {k}: {v!r}\n" for k, v in data.items())
+    path = write(tmp_path, f"data:\n  path: {ARITHMETIC}\n{fields}")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}: {message.replace('{file}', ARITHMETIC)}"), str(err.value)
+
+
+def test_empty_data_file_is_rejected_at_load(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    path = write(tmp_path, "data:\n  path: empty.jsonl\n")  # relative to the recipe's folder
+    with pytest.raises(RecipeError, match=r"r\.yaml: data\.path: .*empty\.jsonl holds no rows; expected one"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "smollm2-135m-instrcut",
+            "model 'smollm2-135m-instrcut' does not exist: give a local model folder, a packaged alias "
+            "(smollm2-135m-instruct, tiny-char) or a Hugging Face hub id 'org/name'; did you mean "
+            "'smollm2-135m-instruct'?",
+        ),
+        (
+            "no-such-org/no-such-model",
+            "model 'no-such-org/no-such-model' is not a local folder nor a packaged",
+        ),
+        ("./models/none", "folder not found: ./models/none"),
+    ],
+)
+def test_model_name_is_checked_at_load(tmp_path, name, message):
+    # (the tests run with HF_HUB_OFFLINE=1: a hub id must already be in the local hub cache)
+    path = write(tmp_path, f"data:\n  path: {DATA}\nmodel:\n  name_or_path: {name}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}: model.name_or_path: {message}"), str(err.value)
+
+
+def test_one_sample_per_prompt_is_rejected_for_group_relative_estimators(tmp_path):
+    from rlvr.algorithms import ADVANTAGES
+    from rlvr.algorithms.utils import is_group_relative
+
+    relative = {n for n in ADVANTAGES.names() if is_group_relative(ADVANTAGES.get(n))}
+    assert relative == {"dgpo", "dr_grpo", "group_mean_batch_std", "grpo", "lite_ppo", "reinforce_pp", "rloo"}
+    path = write(tmp_path, f"data:\n  path: {DATA}\nrollout:\n  num_generations: 1\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == (
+        f"{path}: rollout.num_generations: advantage estimator 'grpo' compares the samples of a prompt with "
+        "each other, so with 1 sample per prompt every advantage is 0 and nothing is trained; use "
+        "rollout.num_generations >= 2, or an estimator that is not group-relative (batch_norm, gae, remax)"
+    )
+    assert load_recipe(path, ["algorithm.advantage=remax"]).rollout.num_generations == 1  # a greedy baseline
+    path = write(tmp_path, f"data:\n  path: {DATA}\n")
+    with pytest.raises(
+        RecipeError,
+        match=r"^<command line> override rollout\.num_generations=1: rollout\.num_generations: advantage "
+        "estimator 'rloo' compares",
+    ):
+        load_recipe(path, ["rollout.num_generations=1", "algorithm.advantage=rloo"])
+
+
+def test_override_errors_blame_the_command_line(tmp_path):
+    path = write(tmp_path, f"data:\n  path: {DATA}\ntrain:\n  epochs: 0\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["train.lr=fast"])
+    lines = str(err.value).splitlines()
+    # the file's own problem stays under the file; the override's gets a line of its own
+    assert lines[0] == f"invalid recipe {path}:"
+    assert lines[1].startswith("  train.epochs: Input should be greater than or equal to 1")
+    assert lines[2].startswith(
+        "<command line> override train.lr=fast: train.lr: Input should be a valid number"
+    )
+    path = write(tmp_path, f"data:\n  path: {DATA}\n")
+    for overrides, message in [
+        (
+            ["algorithm.advantage=grpoo"],
+            "<command line> override algorithm.advantage=grpoo: algorithm.advantage: ",
+        ),
+        (["rollout.stop=[a"], "<command line> override rollout.stop=[a: the value is not valid YAML"),
+        (
+            ["data.path=nowhere.jsonl"],
+            "<command line> override data.path=nowhere.jsonl: data.path: file not found",
+        ),
+        (["rollout.stop=[a, [2]]"], "<command line> override rollout.stop=[a, [2]]: rollout.stop[1]: "),
+    ]:
+        with pytest.raises(RecipeError) as err:
+            load_recipe(path, overrides)
+        assert str(err.value).startswith(message), str(err.value)
+
+
+def test_batch_shape_error_names_the_keys_without_a_dump(tmp_path):
+    path = write(tmp_path, f"data:\n  path: {DATA}\ntrain:\n  prompts_per_step: 3\n  num_mini_batches: 5\n")
+    expected = (
+        "train.num_mini_batches: train.prompts_per_step * rollout.num_generations = 3 * 8 = 24 samples per "
+        "step must be divisible by train.num_mini_batches = 5"
+    )
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["train.num_mini_batches=7"])
+    assert str(err.value) == f"<command line> override train.num_mini_batches=7: {expected[:-1]}7"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"invalid recipe {path}:\n  {expected}"  # no "(top level)", no dump

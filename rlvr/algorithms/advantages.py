@@ -32,6 +32,9 @@ Registered estimators (outcome advantages broadcast to every response token; ``G
 Estimators that read an optional field of :class:`AdvantageInputs` declare it with
 :func:`~rlvr.algorithms.utils.needs` (``remax``: ``baseline_rewards``; ``gae``: ``values``), so the trainer
 computes it (a greedy rollout, a critic forward) only when the configured estimator asks for it.
+Estimators whose outcome term is centred on the group (``grpo``, ``dr_grpo``, ``rloo``, ``reinforce_pp``,
+``lite_ppo``, ``dgpo``) declare :func:`~rlvr.algorithms.utils.group_relative`: with one sample per prompt
+they give no reward signal, so a recipe with ``rollout.num_generations: 1`` is rejected when it loads.
 ``token_rewards`` is declared by the estimators that credit per-token rewards (``gae``, ``reinforce_pp``):
 with ``algorithm.kl_placement: reward`` they receive the KL penalty per token; other estimators receive
 its sum over the response in ``sequence_rewards``.
@@ -49,7 +52,14 @@ from dataclasses import dataclass
 
 import torch
 
-from rlvr.algorithms.utils import from_fields, masked_mean, masked_var, needs, safe_denominator
+from rlvr.algorithms.utils import (
+    from_fields,
+    group_relative,
+    masked_mean,
+    masked_var,
+    needs,
+    safe_denominator,
+)
 from rlvr.registry import Registry
 
 __all__ = [
@@ -178,6 +188,7 @@ def group_statistics(
 
 
 @ADVANTAGES.register("grpo")
+@group_relative
 def grpo_advantages(
     inputs: AdvantageInputs,
     *,
@@ -237,6 +248,7 @@ def _float_rewards(inputs: AdvantageInputs, dtype: torch.dtype) -> torch.Tensor:
 
 
 @ADVANTAGES.register("dr_grpo")
+@group_relative
 def dr_grpo_advantages(inputs: AdvantageInputs) -> torch.Tensor:
     """Dr. GRPO ("Understanding R1-Zero-Like Training", Liu et al. 2025, arXiv 2503.20783).
 
@@ -260,6 +272,7 @@ def dr_grpo_advantages(inputs: AdvantageInputs) -> torch.Tensor:
 
 
 @ADVANTAGES.register("rloo")
+@group_relative
 def rloo_advantages(inputs: AdvantageInputs) -> torch.Tensor:
     """REINFORCE Leave-One-Out (Ahmadian et al. 2024, "Back to Basics", arXiv 2402.14740).
 
@@ -306,6 +319,7 @@ def _whiten_tokens(x: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Ten
 
 @ADVANTAGES.register("reinforce_pp")
 @needs("token_rewards")
+@group_relative
 def reinforce_pp_advantages(inputs: AdvantageInputs, *, eps: float = 1e-8) -> torch.Tensor:
     """REINFORCE++-baseline (Hu et al. 2025, arXiv 2501.03262): group-mean baseline, global whitening.
 
@@ -373,6 +387,7 @@ def _centred_scaled(
 
 @ADVANTAGES.register("lite_ppo")
 @ADVANTAGES.register("group_mean_batch_std")
+@group_relative
 def lite_ppo_advantages(
     inputs: AdvantageInputs, *, eps: float = 1e-6, std_unbiased: bool = True
 ) -> torch.Tensor:
@@ -427,6 +442,7 @@ def batch_norm_advantages(
 
 
 @ADVANTAGES.register("dgpo")
+@group_relative
 def dgpo_advantages(
     inputs: AdvantageInputs,
     *,

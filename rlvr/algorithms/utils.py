@@ -19,6 +19,8 @@ __all__ = [
     "critic_targets",
     "critic_targets_of",
     "from_fields",
+    "group_relative",
+    "is_group_relative",
     "masked_mean",
     "masked_min",
     "masked_sum",
@@ -87,6 +89,19 @@ def critic_targets(returns: Callable) -> Callable[[F], F]:
 def critic_targets_of(fn: Callable) -> Callable | None:
     """The returns function ``fn`` declared with :func:`critic_targets`; None when it uses no critic."""
     return getattr(fn, "critic_targets", None)
+
+
+def group_relative(fn: F) -> F:
+    """Declare that an advantage estimator compares the samples of a prompt with each other (a group
+    baseline): with one sample per prompt every advantage it gives is 0. The recipe loader rejects such an
+    estimator with ``rollout.num_generations: 1``."""
+    fn.group_relative = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_group_relative(fn: Callable) -> bool:
+    """Whether ``fn`` declared :func:`group_relative`."""
+    return getattr(fn, "group_relative", False)
 
 
 def from_fields(cls: type[D], source: object, **overrides: object) -> D:

@@ -201,15 +201,22 @@ def load_spec(
 
 
 def check_spec(spec: BenchmarkSpec) -> None:
-    """The verifier must resolve and a local data file must exist (the path is made absolute)."""
+    """The verifier must resolve and take its kwargs, and a local data file must exist (the path is made
+    absolute)."""
+    from rlvr.registry import PluginArgumentError, bind_kwargs
     from rlvr.scoring import resolve_verifier
 
     src = spec.source_file or f"benchmark {spec.name}"
     base_dir = Path(spec.source_file).resolve().parent if spec.source_file else None
     try:
-        resolve_verifier(spec.verifier.name, base_dir=base_dir)
+        fn = resolve_verifier(spec.verifier.name, base_dir=base_dir)
     except Exception as exc:  # noqa: BLE001 - re-raised with the spec key
         raise SpecError(f"{src}: verifier.name: {exc}") from exc
+    try:
+        bind_kwargs(fn, spec.verifier.kwargs, f"verifier {spec.verifier.name!r}", inputs=2)
+    except PluginArgumentError as exc:
+        key = f"verifier.kwargs.{exc.argument}" if exc.argument else "verifier.kwargs"
+        raise SpecError(f"{src}: {key}: {exc}") from None
     found = resolve_data_path(spec.data.path, base_dir)
     if found is not None:
         spec.data.path = str(found)

@@ -7,9 +7,10 @@ code sandbox. What scores (the built-in verifiers and ensemble objectives) lives
 * :mod:`rlvr.scoring.resolve`: :func:`resolve_verifier` (registered name, ``module:function`` or
   ``path/to/file.py:function``);
 * :mod:`rlvr.scoring.pool`: worker processes that run verifiers under a timeout;
-* :mod:`rlvr.scoring.scorer`: :class:`Scorer`, :class:`RewardSpec`, :class:`ScoreBatch`;
-* :mod:`rlvr.scoring.reward_models`: :func:`build_reward_model` and the batched reward-model runner
-  (imported on first use: it needs torch, which verifier workers never load);
+* :mod:`rlvr.scoring.scorer`: :class:`Scorer`, :class:`RewardSpec`, :class:`ScoreBatch`, the failure
+  bookkeeping (:class:`VerifierFailure`, :class:`FailureTally`, :class:`ScoringError`);
+* :mod:`rlvr.scoring.reward_models`: :func:`build_reward_model`, :func:`check_reward_model_spec` and the
+  batched reward-model runner (imported on first use: it needs torch, which verifier workers never load);
 * :mod:`rlvr.scoring.sandbox`: running untrusted programs (imported as ``from rlvr.scoring import sandbox``).
 
 Import rule: nothing here imports ``rewards`` at import time; the registries import it the first time a
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from rlvr.scoring.api import (
     DEFAULT_UWO_LAMBDA,
     ENSEMBLE_COMBINES,
+    FAILURE_KINDS,
+    MAX_ABS_SCORE,
     VERIFIERS,
     EnsembleCombine,
     RewardResult,
@@ -32,7 +35,7 @@ from rlvr.scoring.api import (
     verifier,
 )
 from rlvr.scoring.resolve import VerifierSpecError, canonical_spec, resolve_verifier, short_name
-from rlvr.scoring.scorer import RewardSpec, ScoreBatch, Scorer
+from rlvr.scoring.scorer import FailureTally, RewardSpec, ScoreBatch, Scorer, ScoringError, VerifierFailure
 
 if TYPE_CHECKING:
     from rlvr.scoring.reward_models import (
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
         RewardScorer,
         ScoreNormalizer,
         build_reward_model,
+        check_reward_model_spec,
     )
 
 # Names of the torch-backed reward-model runner, imported when first used.
@@ -50,13 +54,17 @@ _LAZY = {
     "RewardScorer",
     "ScoreNormalizer",
     "build_reward_model",
+    "check_reward_model_spec",
 }
 
 __all__ = [
     "DEFAULT_UWO_LAMBDA",
     "ENSEMBLE_COMBINES",
+    "FAILURE_KINDS",
+    "MAX_ABS_SCORE",
     "VERIFIERS",
     "EnsembleCombine",
+    "FailureTally",
     "RewardModel",
     "RewardModelEnsemble",
     "RewardResult",
@@ -65,9 +73,12 @@ __all__ = [
     "ScoreBatch",
     "ScoreNormalizer",
     "Scorer",
+    "ScoringError",
+    "VerifierFailure",
     "VerifierSpecError",
     "build_reward_model",
     "canonical_spec",
+    "check_reward_model_spec",
     "coerce_result",
     "ensemble_combine",
     "resolve_verifier",

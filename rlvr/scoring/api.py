@@ -33,6 +33,17 @@ T = TypeVar("T")
 
 _MAX_REASON_CHARS = 500
 
+#: A verifier score whose magnitude exceeds this is a failure of kind ``bad_value``, like NaN or inf. Rule
+#: rewards live in [-10, 10] or so; a score of 1e300 is a bug (an unbounded ratio, an uninitialised value)
+#: that would overflow the group statistics into inf/NaN and write ``Infinity`` into metrics.jsonl.
+MAX_ABS_SCORE = 1e6
+
+#: How a verifier call can fail (``reward/failures/<kind>``): it overran its deadline (``timeout``), raised
+#: (``exception``; also an example that cannot be sent to a worker, or a spec the worker cannot resolve),
+#: killed its worker process (``exit``: ``os._exit``, a segfault), or returned something that is not a
+#: finite number within +-:data:`MAX_ABS_SCORE` or whose info cannot be sent back (``bad_value``).
+FAILURE_KINDS = ("timeout", "exception", "exit", "bad_value")
+
 #: Default UWO coefficient lambda: the value Coste et al. use for PPO (``uwo_weight: 0.1`` in the
 #: authors' ``configs/config_rl.yaml``, github.com/tlc4418/llm_optimization); their best-of-n runs use 0.5.
 #: The paper reports UWO to be fairly robust to lambda. On-policy RL here is the PPO-like setting.
@@ -120,8 +131,9 @@ class RewardResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-# (score, info, error): error is None on success, else the reason and score is None.
-Outcome = tuple[float | None, dict[str, Any], str | None]
+# (score, info, error, kind): error and kind are None on success; else the reason, one of FAILURE_KINDS, and
+# score is None.
+Outcome = tuple[float | None, dict[str, Any], str | None, str | None]
 
 
 def clip_reason(text: str) -> str:
@@ -143,11 +155,14 @@ def _as_score(value: Any) -> float | str:
         return f"returned {type(value).__name__} that is not convertible to float ({exc})"
     if not math.isfinite(score):
         return f"returned non-finite score {score}"
+    if abs(score) > MAX_ABS_SCORE:
+        return f"returned score {score:g} beyond +-{MAX_ABS_SCORE:g} (rlvr.scoring.api.MAX_ABS_SCORE)"
     return score
 
 
-def coerce_result(result: Any) -> Outcome:
-    """Validate a verifier's return value into ``(score, info, error)``."""
+def coerce_result(result: Any) -> tuple[float | None, dict[str, Any], str | None]:
+    """Validate a verifier's return value into ``(score, info, error)``: a number, or a
+    :class:`RewardResult` with a dict info, whose score is finite and within +-:data:`MAX_ABS_SCORE`."""
     if isinstance(result, RewardResult):
         value, info = result.score, result.info
         if not isinstance(info, dict):
@@ -165,5 +180,6 @@ def call_verifier(fn: Callable[..., Any], completion: str, example: dict, kwargs
     try:
         result = fn(completion, example, **kwargs)
     except (Exception, SystemExit) as exc:
-        return None, {}, clip_reason(f"raised {type(exc).__name__}: {exc}")
-    return coerce_result(result)
+        return None, {}, clip_reason(f"raised {type(exc).__name__}: {exc}"), "exception"
+    score, info, error = coerce_result(result)
+    return score, info, error, None if error is None else "bad_value"

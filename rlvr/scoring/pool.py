@@ -6,9 +6,10 @@ and, unlike multiprocessing's spawn, the parent's ``__main__`` is not re-importe
 fraction of a second and an unguarded script works. The parent feeds each worker one call at a time through
 its own pipe and gives every call a deadline. A call that raises, returns something that is not a finite
 number, overruns the deadline, or kills its worker (e.g. ``os._exit`` or a segfault) becomes an error
-outcome with the reason; a hung worker is killed and a dead one replaced, so the rest of the batch and later
-batches are unaffected. Workers receive spec strings, not function objects, and resolve them themselves
-(once), so functions loaded from a file work too. A worker whose parent dies exits by itself.
+outcome with the reason and its kind (:data:`~rlvr.scoring.api.FAILURE_KINDS`); a hung worker is killed
+and a dead one replaced, so the rest of the batch and later batches are unaffected. Workers receive spec
+strings, not function objects, and resolve them themselves (once), so functions loaded from a file work too.
+A worker whose parent dies exits by itself.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _worker_loop(conn: Connection, specs: list[tuple[str, dict[str, Any]]]) -> N
     """Resolve the specs once, report ready, then answer one task per message until told to stop.
 
     Task messages are ``(task_id, spec_index, completion, example)``; replies are ``(task_id, score, info,
-    error)``. ``None`` (or a closed pipe) ends the loop. Verifiers run in the worker's main thread, so
+    error, kind)``. ``None`` (or a closed pipe) ends the loop. Verifiers run in the worker's main thread, so
     libraries that use ``signal.alarm`` (math-verify) keep their own timeouts.
     """
     fns: list[Callable[..., Any] | str] = []
@@ -86,7 +87,7 @@ def _worker_loop(conn: Connection, specs: list[tuple[str, dict[str, Any]]]) -> N
             task_id, index, completion, example = msg
             fn = fns[index]
             if isinstance(fn, str):
-                outcome: Outcome = (None, {}, fn)
+                outcome: Outcome = (None, {}, fn, "exception")
             else:
                 outcome = call_verifier(fn, completion, example, specs[index][1])
             try:
@@ -94,7 +95,8 @@ def _worker_loop(conn: Connection, specs: list[tuple[str, dict[str, Any]]]) -> N
             except (OSError, EOFError):
                 raise
             except Exception as exc:  # the info could not be pickled; the pipe is still clean
-                conn.send((task_id, None, {}, clip_reason(f"result could not be sent back: {exc}")))
+                reason = clip_reason(f"result could not be sent back: {exc}")
+                conn.send((task_id, None, {}, reason, "bad_value"))
     except (EOFError, OSError):
         return
 
@@ -240,7 +242,8 @@ class WorkerPool:
                     sent = self._workers[k].send(task, self._next_id, tasks[task], self._timeout_s)
                 except Exception as exc:  # pickling failed before anything was written: the task's fault
                     pending.popleft()
-                    results[task] = (None, {}, clip_reason(f"task could not be sent to a worker: {exc}"))
+                    reason = clip_reason(f"task could not be sent to a worker: {exc}")
+                    results[task] = (None, {}, reason, "exception")
                     done += 1
                     continue
                 if sent:
@@ -271,7 +274,7 @@ class WorkerPool:
         for k, w in enumerate(self._workers):
             if w.inflight and now >= w.deadline:
                 task = w.inflight.popleft()[0]
-                results[task] = (None, {}, f"timed out after {self._timeout_s:g}s (worker killed)")
+                results[task] = (None, {}, f"timed out after {self._timeout_s:g}s (worker killed)", "timeout")
                 self._replace(k, pending)
                 done += 1
             elif not w.ready and now >= w.deadline:
@@ -283,11 +286,11 @@ class WorkerPool:
             w.ready = True
             self._startup_failures = 0
             return 0
-        task_id, score, info, error = msg
+        task_id, *outcome = msg
         if not w.inflight or w.inflight[0][1] != task_id:
             return 0
         task = w.inflight.popleft()[0]
-        results[task] = (score, info, error)
+        results[task] = tuple(outcome)  # type: ignore[assignment]
         if w.inflight:  # the next queued task starts now
             w.deadline = time.monotonic() + self._timeout_s
         return 1
@@ -301,7 +304,7 @@ class WorkerPool:
         code = self._replace(k, pending)
         if running is None:
             return 0
-        results[running] = (None, {}, f"verifier process died ({_describe_exit(code)})")
+        results[running] = (None, {}, f"verifier process died ({_describe_exit(code)})", "exit")
         return 1
 
     def close(self) -> None:

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
 
 import torch
 
+from rlvr.registry import PluginArgumentError
 from rlvr.scoring.api import DEFAULT_UWO_LAMBDA, ENSEMBLE_COMBINES
 
 logger = logging.getLogger(__name__)
@@ -498,18 +500,12 @@ def build_reward_model(
     """
     if not isinstance(spec, Mapping):
         raise TypeError(f"a reward-model spec must be a mapping, got {type(spec).__name__}")
+    check_reward_model_spec(spec)  # every key and value, before loading any model
     if "ensemble" in spec:
-        _check_keys(spec, _ENSEMBLE_KEYS, "reward-model ensemble")
-        member_specs = spec["ensemble"]
-        if isinstance(member_specs, (str, Mapping)) or not member_specs:
-            raise ValueError("reward-model 'ensemble' must be a non-empty list of model specs")
         combine = spec.get("combine", "mean")
-        ENSEMBLE_COMBINES.get(combine)  # fail on a typo before loading any member
         members = []
-        for member in member_specs:
+        for member in spec["ensemble"]:
             member = {"path": member} if isinstance(member, str) else dict(member)
-            if "ensemble" in member:
-                raise ValueError("reward-model ensembles cannot be nested")
             member.setdefault("normalize", "none")
             members.append(build_reward_model(member, device=device, dtype=dtype))
         return RewardModelEnsemble(
@@ -519,9 +515,6 @@ def build_reward_model(
             normalize=spec.get("normalize", "running"),
             names=spec.get("names"),
         )
-    _check_keys(spec, _MODEL_KEYS, "reward model")
-    if "path" not in spec:
-        raise ValueError("a reward-model spec needs 'path' (or 'ensemble': [...])")
     kwargs = {k: v for k, v in spec.items() if k != "path"}
     if device is not None:
         kwargs.setdefault("device", device)
@@ -530,7 +523,91 @@ def build_reward_model(
     return RewardModel(str(spec["path"]), **kwargs)
 
 
-def _check_keys(spec: Mapping[str, Any], allowed: set[str], what: str) -> None:
+def check_reward_model_spec(spec: Any) -> None:
+    """Check a :func:`build_reward_model` spec without loading anything: known keys, a ``path`` or a
+    non-empty ``ensemble`` list (not nested), a registered ``combine``, and the type and range of ``lam``,
+    ``normalize``, ``names``, ``batch_size``, ``max_length``, ``chat_template``, ``trust_remote_code``,
+    ``dtype`` and ``device``. Whether ``path`` holds a reward model is only known when it loads.
+
+    Raises :class:`~rlvr.registry.PluginArgumentError` (a ``ValueError``) whose ``argument`` is the offending
+    key, dotted from the top of the spec (``ensemble[1].batch_size``), so the recipe check
+    (``rlvr.config``) names ``rewards.reward_models[i].model.<key>``.
+    """
+    _check_spec(spec, "", member=False)
+
+
+def _check_spec(spec: Any, at: str, member: bool) -> None:
+    """:func:`check_reward_model_spec` of the spec (or ensemble member, ``member``) found at key ``at``."""
+
+    def fail(key: str, message: str) -> NoReturn:
+        raise PluginArgumentError(message, f"{at}{key}".rstrip(".") or None)
+
+    if member and isinstance(spec, str):
+        if not spec.strip():
+            fail("", "a reward-model ensemble member path must not be empty")
+        return
+    if not isinstance(spec, Mapping):
+        fail("", f"a reward-model spec must be a mapping{' or a path' if member else ''}, got {spec!r}")
+    ensemble = "ensemble" in spec
+    if ensemble and member:
+        fail("ensemble", "reward-model ensembles cannot be nested")
+    allowed, what = (_ENSEMBLE_KEYS, "reward-model ensemble") if ensemble else (_MODEL_KEYS, "reward model")
     unknown = sorted(set(spec) - allowed)
     if unknown:
-        raise ValueError(f"unknown {what} key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+        fail(str(unknown[0]), f"unknown {what} key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+    if "normalize" in spec and spec["normalize"] not in NORMALIZE_MODES:
+        fail("normalize", f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {spec['normalize']!r}")
+    if ensemble:
+        members = spec["ensemble"]
+        if not isinstance(members, list | tuple) or not members:
+            fail(
+                "ensemble",
+                f"reward-model 'ensemble' must be a non-empty list of model specs, got {members!r}",
+            )
+        combine = spec.get("combine", "mean")
+        if not isinstance(combine, str) or combine not in ENSEMBLE_COMBINES:
+            known = ", ".join(ENSEMBLE_COMBINES.names())
+            fail("combine", f"unknown reward-model ensemble combine {combine!r}; known: {known}")
+        lam = spec.get("lam", DEFAULT_UWO_LAMBDA)
+        if not _is_number(lam) or not (math.isfinite(lam) and lam >= 0):
+            fail("lam", f"ensemble lam must be a finite number >= 0, got {lam!r}")
+        names = spec.get("names")
+        if names is not None and (
+            not isinstance(names, list | tuple)
+            or not all(isinstance(n, str) for n in names)
+            or len(set(names)) != len(names)
+            or len(names) != len(members)
+        ):
+            fail("names", f"names must be {len(members)} distinct strings (one per member), got {names!r}")
+        for k, m in enumerate(members):
+            _check_spec(m, f"{at}ensemble[{k}].", member=True)
+        return
+    path = spec.get("path")
+    if not isinstance(path, str | os.PathLike) or not str(path).strip():
+        fail(
+            "path", f"a reward-model spec needs 'path' (or 'ensemble': [...]), got path={spec.get('path')!r}"
+        )
+    for key in ("batch_size", "max_length"):
+        value = spec.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail(key, f"{key} must be an integer >= 1, got {value!r}")
+    for key in ("chat_template", "trust_remote_code"):
+        if not isinstance(spec.get(key, True), bool):
+            fail(key, f"{key} must be true or false, got {spec[key]!r}")
+    if "dtype" in spec:
+        try:
+            _parse_dtype(spec["dtype"])
+        except ValueError as exc:
+            fail("dtype", str(exc))
+    if "device" in spec:
+        try:
+            torch.device(spec["device"])
+        except (RuntimeError, TypeError) as exc:
+            fail(
+                "device",
+                f"device must name a torch device (cpu, cuda, cuda:1), got {spec['device']!r} ({exc})",
+            )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -6,12 +6,17 @@ sampler state stays identical everywhere. Without dynamic sampling that is one r
 further rounds are drawn until every process has its share of informative groups, or ``max_rounds`` is
 reached; a process that is short then fills its batch with dropped groups (their group-relative advantage
 is 0), so every process trains on the same number of sequences, as ZeRO's fixed batch layout requires.
+
+Verifier failures of the step are counted by kind over every scoring call and every process
+(``reward/failures/<kind>``); a verifier failing on more than ``rewards.max_failure_frac`` of its calls is
+warned about, one failing on all of them stops the run (:class:`rlvr.scoring.ScoringError`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Collection
@@ -23,7 +28,10 @@ import torch
 from rlvr.algorithms import informative_groups, soft_overlong_penalty
 from rlvr.data import shard
 from rlvr.rollout import Completion, EADSchedule, SamplingConfig, ead_decay
+from rlvr.scoring import FailureTally
 from rlvr.trainer.distributed import gathered_objects, global_max, global_sums
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,11 +70,18 @@ def sampling_config(recipe, seed: int, step: int) -> SamplingConfig:
 
 
 def generate_groups(
-    t, rows: list[dict], seed: int, step: int, greedy_baseline: bool, timer: dict[str, float]
-) -> tuple[list[Group], int]:
-    """Generate and score G completions for each of ``rows``; returns the groups and verifier failures.
+    t,
+    rows: list[dict],
+    seed: int,
+    step: int,
+    greedy_baseline: bool,
+    timer: dict[str, float],
+    failures: FailureTally,
+) -> list[Group]:
+    """Generate and score G completions for each of ``rows``; returns the groups.
 
-    ``timer["reward_s"]`` accumulates the seconds spent in the verifiers.
+    ``timer["reward_s"]`` accumulates the seconds spent in the verifiers, ``failures`` their calls and
+    failures.
     """
     recipe = t.recipe
     sampling = sampling_config(recipe, seed, step)
@@ -74,7 +89,7 @@ def generate_groups(
     start = time.perf_counter()
     scores = t.scorer.score([c.text for c in completions], [rows[c.prompt_index] for c in completions])
     timer["reward_s"] += time.perf_counter() - start
-    failures = scores.failures
+    failures.add(scores)
     rewards = list(scores.scores)
     per_reward = dict(scores.per_reward)
     if t.reward_models:
@@ -103,7 +118,7 @@ def generate_groups(
         start = time.perf_counter()
         greedy_scores = t.scorer.score([c.text for c in best], [rows[c.prompt_index] for c in best])
         timer["reward_s"] += time.perf_counter() - start
-        failures += greedy_scores.failures
+        failures.add(greedy_scores)
         for c, score in zip(best, greedy_scores.scores, strict=True):
             baselines[c.prompt_index] = float(score)
     groups = [
@@ -117,7 +132,7 @@ def generate_groups(
         g.verdicts.append(float(scores.scores[i]))
         for name, values in per_reward.items():
             g.per_reward.setdefault(name, []).append(values[i])
-    return groups, failures
+    return groups
 
 
 def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, float]]:
@@ -135,15 +150,15 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
         per_round = math.ceil(per_round * ds.oversample / acc.num_processes) * acc.num_processes
     kept: list[Group] = []
     dropped: list[Group] = []
-    failures = rounds = 0
+    rounds = 0
+    failures = t.scorer.failure_tally()
     timer = {"reward_s": 0.0}
     while True:
         rows = shard(t.sampler.next_batch(per_round), acc.process_index, acc.num_processes)
         generated: list[Group] = []
         if len(kept) < quota:
             seed = seed_for(recipe.run.seed, t.step, acc.process_index, rounds)
-            generated, round_failures = generate_groups(t, rows, seed, t.step, greedy_baseline, timer)
-            failures += round_failures
+            generated = generate_groups(t, rows, seed, t.step, greedy_baseline, timer, failures)
         rounds += 1
         _update_sampler(t, recipe, generated)
         if not ds.enabled:
@@ -162,20 +177,40 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
     if len(kept) < quota:
         raise RuntimeError(f"collected {len(kept)} groups, need {quota}")  # cannot happen: round 1 fills
     baselines = [g.baseline for g in kept if g.baseline is not None]
-    counts = [failures, len(dropped), filled, sum(baselines), len(baselines)]
-    totals = global_sums(acc, [float(c) for c in counts])
-    metrics = {"reward/failures": totals[0], "time/reward_s": timer["reward_s"]}
+    counts = [len(dropped), filled, sum(baselines), len(baselines)]
+    totals = global_sums(acc, [float(c) for c in counts] + failures.vector())
+    step_failures = failures.with_counts(totals[len(counts) :])
+    _check_failures(t, failures, step_failures)
+    metrics = {**step_failures.metrics(), "time/reward_s": timer["reward_s"]}
     if greedy_baseline:
-        metrics["reward/baseline_mean"] = totals[3] / max(totals[4], 1.0)
+        metrics["reward/baseline_mean"] = totals[2] / max(totals[3], 1.0)
     if ds.enabled:
         metrics.update(
             {
                 "dynamic_sampling/rounds": float(rounds),
-                "dynamic_sampling/dropped_groups": totals[1],
-                "dynamic_sampling/filled_groups": totals[2],
+                "dynamic_sampling/dropped_groups": totals[0],
+                "dynamic_sampling/filled_groups": totals[1],
             }
         )
     return kept, metrics
+
+
+def _check_failures(t, local: FailureTally, step_failures: FailureTally) -> None:
+    """Warn (main process) about verifiers failing on more than ``rewards.max_failure_frac`` of the step's
+    calls (``step_failures``: summed over processes); raise ``ScoringError`` on every process when one failed
+    on all of them. The counts are global, so every process takes the same branch (and joins the gather of
+    the processes' first reasons, taken in process order)."""
+    r = t.recipe.rewards
+    flagged = step_failures.over(r.max_failure_frac)
+    if r.stop_when_all_fail:
+        flagged += step_failures.all_failed()
+    if not flagged:
+        return
+    step_failures.add_reasons(gathered_objects(t.accelerator, [local.first]))
+    warnings = step_failures.check(r.max_failure_frac, r.stop_when_all_fail, where=f"step {t.step + 1}")
+    if t.accelerator.is_main_process:
+        for warning in warnings:
+            logger.warning(warning)
 
 
 def _update_sampler(t, recipe, groups: list[Group]) -> None:

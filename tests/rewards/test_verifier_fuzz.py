@@ -244,7 +244,8 @@ def test_scorer_survives_fuzzed_completions(capsys: pytest.CaptureFixture[str]):
         if "timed out" in info["math"].get("error", ""):
             assert score == 0.0
     assert batch.metrics()["reward/failures"] == float(batch.failures)
-    assert elapsed < 60.0  # about 17 s alone on 2 cores; the slack is for a machine shared with other tests
+    # The wall time is printed above, not asserted: throughput is measured by scripts/bench_rewards.py
+    # (docs/benchmarks.md); a timing assert fails on a loaded CI machine without anything being wrong.
 
 
 def test_hanging_math_verify_is_a_timeout_failure():

@@ -374,7 +374,7 @@ def test_build_reward_model_rejects_bad_specs(rm_dirs):
         build_reward_model({"path": str(rm_dirs["a"]), "batchsize": 2})
     with pytest.raises(ValueError, match="needs 'path'"):
         build_reward_model({"normalize": "batch"})
-    with pytest.raises(KeyError, match="'avg'"):
+    with pytest.raises(ValueError, match="unknown reward-model ensemble combine 'avg'; known: .*uwo"):
         build_reward_model({"ensemble": [str(rm_dirs["a"])], "combine": "avg"})
     with pytest.raises(ValueError, match="non-empty list"):
         build_reward_model({"ensemble": str(rm_dirs["a"])})
@@ -384,25 +384,11 @@ def test_build_reward_model_rejects_bad_specs(rm_dirs):
 
 def test_training_run_with_a_reward_model_ensemble_next_to_a_verifier(rm_dirs, tmp_path):
     """Two steps of the tiny recipe with an ensemble of two RMs added to the file verifier's reward."""
-    import sys
-
-    from launch import TINY_RECIPE, metrics, run, undocumented
+    from launch import metrics, run, tiny_train, undocumented
 
     out = tmp_path / "run"
     ensemble = f"{{ensemble: [{rm_dirs['a']}, {rm_dirs['b']}], combine: uwo, lam: 0.1}}"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "rlvr.train",
-            str(TINY_RECIPE),
-            f"run.output_dir={out}",
-            "run.steps=2",
-            "run.save_final=false",
-            "rollout.engine=hf",
-            f"rewards.reward_models=[{{name: rm, weight: 0.5, model: {ensemble}}}]",
-        ]
-    )
+    run(tiny_train(out, f"rewards.reward_models=[{{name: rm, weight: 0.5, model: {ensemble}}}]"))
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:

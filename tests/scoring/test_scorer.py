@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -14,10 +15,13 @@ import pytest
 
 from rlvr.scoring import (
     VERIFIERS,
+    FailureTally,
     RewardResult,
     RewardSpec,
     ScoreBatch,
     Scorer,
+    ScoringError,
+    VerifierFailure,
     VerifierSpecError,
     coerce_result,
     resolve_verifier,
@@ -113,6 +117,12 @@ def test_short_names():
         (None, (None, {}, "returned None; expected a float or RewardResult")),
         ("abc", (None, {}, "returned str 'abc'; expected a float or RewardResult")),
         (float("-inf"), (None, {}, "returned non-finite score -inf")),
+        (-1e6, (-1e6, {}, None)),  # the largest magnitude that passes (rlvr.scoring.MAX_ABS_SCORE)
+        (1e300, (None, {}, "returned score 1e+300 beyond +-1e+06 (rlvr.scoring.api.MAX_ABS_SCORE)")),
+        (
+            RewardResult(-2e6),
+            (None, {}, "returned score -2e+06 beyond +-1e+06 (rlvr.scoring.api.MAX_ABS_SCORE)"),
+        ),
     ],
 )
 def test_coerce_result(value: object, expected: tuple):
@@ -131,6 +141,13 @@ COMPLETIONS = ["yes", "no yes!!!!!", "nope"]
 # keyword: 2, 2, 0; length_fraction: 3/10, min(11, 10)/10, 4/10
 # total = 0.5 * keyword + 2 * length: 1.0 + 0.6, 1.0 + 2.0, 0 + 0.8
 EXPECTED_TOTAL = [1.6, 3.0, 0.8]
+NO_FAILURES = {
+    "reward/failures": 0.0,
+    "reward/failures/timeout": 0.0,
+    "reward/failures/exception": 0.0,
+    "reward/failures/exit": 0.0,
+    "reward/failures/bad_value": 0.0,
+}
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -148,7 +165,7 @@ def test_weighted_sum_of_two_rewards(num_workers: int):
     assert batch.metrics() == {
         "reward/keyword/mean": pytest.approx(4 / 3),
         "reward/length_fraction/mean": pytest.approx(1.7 / 3),
-        "reward/failures": 0.0,
+        **NO_FAILURES,
     }
 
 
@@ -170,7 +187,7 @@ def test_rewards_routed_by_a_dataset_column(num_workers: int):
     assert batch.metrics() == {
         "reward/keyword/mean": 2.0,
         "reward/length_fraction/mean": 1.0,
-        "reward/failures": 0.0,
+        **NO_FAILURES,
     }
 
 
@@ -208,12 +225,14 @@ def test_empty_batch_and_length_mismatch():
     scorer = Scorer([RewardSpec(f"{FIXTURE}:exact")], num_workers=0)
     empty = scorer.score([], [])
     assert (empty.scores, empty.infos, empty.per_reward) == ([], [], {"exact": []})
-    assert empty.metrics() == {"reward/failures": 0.0}
+    assert empty.metrics() == NO_FAILURES
     with pytest.raises(ValueError, match="2 completions but 1 examples"):
         scorer.score(["a", "b"], [{}])
 
 
-@pytest.mark.parametrize("kwargs", [{"num_workers": -1}, {"timeout_s": 0}, {"failure_score": float("nan")}])
+@pytest.mark.parametrize(
+    "kwargs", [{"num_workers": -1}, {"timeout_s": 0}, {"failure_score": float("nan")}, {"failure_score": 1e7}]
+)
 def test_bad_scorer_arguments(kwargs: dict):
     with pytest.raises(ValueError):
         Scorer([RewardSpec(f"{FIXTURE}:exact")], **kwargs)
@@ -229,6 +248,7 @@ GARBAGE = [
     ("none", "returned None; expected a float or RewardResult"),
     ("nan", "returned non-finite score nan"),
     ("inf", "returned non-finite score inf"),
+    ("huge", "returned score 1e+300 beyond +-1e+06"),
     ("str", "returned str 'abc'; expected a float or RewardResult"),
     ("list", "returned list [1.0]; expected a float or RewardResult"),
     ("bad_info", "returned RewardResult.info of type str; expected a dict"),
@@ -283,6 +303,104 @@ def test_hang_exit_and_segfault_are_contained(chaos_scorer: Scorer):
     batch = chaos_scorer.score(["hang", "hang", "abcdef"], [{}, {}, {}])
     assert batch.scores == [-1.0, -1.0, 6.0]
     assert chaos_scorer.score(["abcdefg"], [{}]).scores == [7.0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Failures by kind, the first example of each kind, and a step's tally
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_failures_are_counted_by_kind(chaos_scorer: Scorer):
+    completions = ["ok", "raise", "hang", "exit", "nan", "huge", "str", "fine"]
+    batch = chaos_scorer.score(completions, [{}] * len(completions))
+    assert [(f.sample, f.reward, f.kind) for f in batch.failed] == [
+        (1, "chaos", "exception"),
+        (2, "chaos", "timeout"),
+        (3, "chaos", "exit"),
+        (4, "chaos", "bad_value"),
+        (5, "chaos", "bad_value"),
+        (6, "chaos", "bad_value"),
+    ]
+    assert batch.failed[0].reason == batch.infos[1]["chaos"]["error"] == "raised ValueError: boom"
+    assert batch.failure_counts() == {"timeout": 1, "exception": 1, "exit": 1, "bad_value": 3}
+    metrics = batch.metrics()
+    assert metrics["reward/failures"] == 6.0
+    assert [metrics[f"reward/failures/{k}"] for k in ("timeout", "exception", "exit", "bad_value")] == [
+        1.0,
+        1.0,
+        1.0,
+        3.0,
+    ]
+    assert batch.scores[0] == 2.0 and batch.scores[7] == 4.0
+
+
+def test_first_failure_of_each_kind_is_logged_once(caplog: pytest.LogCaptureFixture):
+    scorer = Scorer([RewardSpec(f"{FIXTURE}:chaos")], num_workers=0)
+    with caplog.at_level(logging.WARNING, logger="rlvr.scoring.scorer"):
+        scorer.score(["raise", "nan", "raise", "str", "ok"], [{}] * 5)
+        scorer.score(["raise", "inf"], [{}] * 2)  # kinds seen before: counted, not logged again
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("verifier chaos failed (exception, scored 0;")
+    assert lines[0].endswith("reward/failures/exception): raised ValueError: boom")
+    assert lines[1].startswith("verifier chaos failed (bad_value, scored 0;")
+    assert lines[1].endswith("returned non-finite score nan")
+
+
+def _batch(per_reward: dict, failed: list[VerifierFailure]) -> ScoreBatch:
+    n = len(next(iter(per_reward.values())))
+    return ScoreBatch(scores=[0.0] * n, per_reward=per_reward, infos=[{}] * n, failed=failed)
+
+
+def test_failure_tally_sums_over_batches_and_processes():
+    """Two 'processes', each scoring two batches with two rewards: the counts add up, reasons stay local."""
+    fail = VerifierFailure
+    rank0 = FailureTally(["a", "b"], {"a": "a.py:a", "b": "b"})
+    rank0.add(_batch({"a": [0.0, 1.0], "b": [None, 2.0]}, [fail(0, "a", "timeout", "timed out after 1s")]))
+    rank0.add(
+        _batch({"a": [0.0], "b": [0.0]}, [fail(0, "a", "exception", "raised X"), fail(0, "b", "exit", "d")])
+    )
+    rank1 = FailureTally(["a", "b"])
+    rank1.add(_batch({"a": [0.0, 0.0], "b": [None, None]}, [fail(1, "a", "bad_value", "returned nan")]))
+    assert (rank0.calls, rank0.failed) == ({"a": 3, "b": 2}, {"a": 2, "b": 1})
+    assert rank0.first == {"a": "timeout: timed out after 1s", "b": "exit: d"}
+    summed = [x + y for x, y in zip(rank0.vector(), rank1.vector(), strict=True)]
+    step = rank1.with_counts(summed)
+    assert step.metrics() == {
+        "reward/failures": 4.0,
+        "reward/failures/timeout": 1.0,
+        "reward/failures/exception": 1.0,
+        "reward/failures/exit": 1.0,
+        "reward/failures/bad_value": 1.0,
+    }
+    assert (step.calls, step.failed, step.first) == ({"a": 5, "b": 2}, {"a": 3, "b": 1}, {})
+    assert step.over(0.5) == ["a"] and step.over(0.6) == [] and step.over(0.0) == ["a", "b"]
+    assert step.all_failed() == []
+    step.add_reasons([rank0.first, rank1.first])  # process order: rank 0's reason wins
+    assert step.check(0.5, where="step 3") == [
+        "verifier a failed on 3 of 5 calls in step 3 (first: timeout: timed out after 1s); more than "
+        "rewards.max_failure_frac=0.5"
+    ]
+
+
+def test_a_verifier_failing_on_every_call_stops_scoring():
+    tally = FailureTally(["ok", "broken"], {"ok": "ok", "broken": "my_rewards.py:broken"})
+    tally.add(
+        _batch(
+            {"ok": [1.0, 0.0], "broken": [0.0, 0.0]},
+            [VerifierFailure(i, "broken", "exception", "raised KeyError: 'answer'") for i in range(2)],
+        )
+    )
+    with pytest.raises(ScoringError) as err:
+        tally.check(0.5, where="step 1")
+    message = str(err.value)
+    assert message.startswith(
+        "verifier broken (my_rewards.py:broken) failed on 2 of 2 calls in step 1 (first: exception: raised "
+        "KeyError: 'answer'): every call failed"
+    ), message
+    assert "rewards.stop_when_all_fail=false" in message
+    # switched off, it is a warning like any other
+    assert tally.check(0.5, stop_when_all_fail=False)[0].startswith("verifier broken (my_rewards.py:broken)")
 
 
 def test_close_stops_workers():
