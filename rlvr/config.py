@@ -73,7 +73,8 @@ class RunConfig(_Section):
     resume: bool = False
     """Continue from the latest complete checkpoint in output_dir (data order, RNG, step counter)."""
     overwrite: bool = False
-    """Start over in an output_dir that holds an earlier run (its checkpoints and metrics are deleted).
+    """Start over in an output_dir that holds an earlier run (its checkpoints, metrics, resumes.jsonl and
+    tensorboard logs are deleted).
     Without resume or overwrite such a directory is an error, so no earlier run is lost by accident."""
     save_final: bool = True
     """Write the final policy as an HF model folder to output_dir/final."""
@@ -228,7 +229,8 @@ class RewardsConfig(_Section):
     1 never warns."""
     stop_when_all_fail: bool = True
     """Stop the run (exit code 2, naming the verifier and its first failure) when a verifier fails on every
-    call of a step: a broken verifier, whose reward would only be failure_score."""
+    call of a step, and was called at least 16 times in it: a broken verifier, whose reward would only be
+    failure_score."""
     correct_threshold: float = 0.5
     """A sample counts as correct (accuracy metric, pass rates) when its reward is >= this."""
 

@@ -33,6 +33,7 @@ from rlvr.rollout import ENGINES, EngineOptions, RolloutEngine
 from rlvr.scoring import RewardSpec, Scorer, ScoringError, build_reward_model
 from rlvr.trainer.batch import batch_of_groups
 from rlvr.trainer.checkpoint import (
+    STATE_FILE,
     CheckpointError,
     Choice,
     checkpoint_dirs,
@@ -113,6 +114,7 @@ def build(recipe: Recipe) -> Trainer:
             checkpoint = choose_checkpoint(accelerator, run_dir)
         except CheckpointError as exc:
             raise RecipeError(f"{recipe.source}: run.resume: {exc}") from None
+        _check_process_count(recipe, checkpoint, accelerator.num_processes)
 
     with accelerator.main_process_first():
         model_path = str(resolve_model(recipe.model.name_or_path))
@@ -222,6 +224,24 @@ def build(recipe: Recipe) -> Trainer:
     return trainer
 
 
+def _check_process_count(recipe: Recipe, checkpoint, num_processes: int) -> None:
+    """A resume runs on as many processes as the checkpointed run: the per-process batch layout, seeds and
+    prompt shards (and ZeRO's partitions) depend on it."""
+    if checkpoint is None:
+        return
+    path = checkpoint.path / STATE_FILE
+    try:
+        saved = json.loads(path.read_text()).get("num_processes")
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"{recipe.source}: run.resume: {path} cannot be read ({exc})") from None
+    if saved is not None and saved != num_processes:
+        raise RecipeError(
+            f"{recipe.source}: run.resume: {checkpoint.path.name} was written by {saved} process(es), this "
+            f"launch has {num_processes}; a resumed run keeps its process count (batch layout, seeds, "
+            "ZeRO partitions): launch with the same number of processes, or start a new run"
+        )
+
+
 def _apply_recipe_lrs(scheduler, base_lrs: list[float]) -> None:
     """Make the restored schedule follow this recipe's rates (``train.lr``, ``algorithm.critic.lr``) and
     warm-up: the base rates come from the recipe, the step count from the checkpoint (a no-op when nothing
@@ -298,7 +318,9 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, is_main: bool) -> dict[str, t
         return changes
     if earlier and recipe.run.overwrite and not recipe.run.resume:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (run_dir / "resumes.jsonl").unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     if changes is None:
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
@@ -443,7 +465,7 @@ def _print_samples(t: Trainer, groups) -> None:
 
 def _trainer_state(t: Trainer) -> dict:
     """What a checkpoint needs besides the accelerate state: the sampler and every component's state."""
-    state = {"sampler": t.sampler.state_dict()}
+    state = {"sampler": t.sampler.state_dict(), "num_processes": t.accelerator.num_processes}
     state.update({c.state_key: c.state_dict() for c in t.components if c.state_key})
     return state
 

@@ -151,3 +151,23 @@ def test_damaged_newest_checkpoint_falls_back_and_all_damaged_is_refused(tmp_pat
     error = str(error.value)
     assert "step-000002/trainer_state.json" in error and "step-000001/optimizer.bin" in error
     assert sorted(p.name for p in (both / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+
+
+def test_resume_on_another_number_of_processes_is_refused(tmp_path):
+    import json
+
+    import pytest
+
+    from rlvr.config import RecipeError, load_recipe
+    from rlvr.train import _check_process_count
+    from rlvr.trainer.checkpoint import STATE_FILE, Choice
+
+    step = tmp_path / "checkpoints/step-000002"
+    step.mkdir(parents=True)
+    (step / STATE_FILE).write_text(json.dumps({"step": 2, "num_processes": 2}))
+    recipe = load_recipe(TINY_RECIPE)
+    _check_process_count(recipe, Choice(step, {}), 2)  # the same count: fine
+    with pytest.raises(RecipeError, match=r"step-000002 was written by 2 process\(es\), this launch has 1"):
+        _check_process_count(recipe, Choice(step, {}), 1)
+    (step / STATE_FILE).write_text(json.dumps({"step": 2}))  # written before the count was recorded
+    _check_process_count(recipe, Choice(step, {}), 1)

@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import string
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -188,7 +189,7 @@ def _read_jsonl(path: Path, max_rows: int | None = None) -> _RawRows:
                 rows.append(_parse_line(raw))
                 if isinstance(rows[-1], dict):
                     columns.update(dict.fromkeys(rows[-1]))
-    except (OSError, EOFError) as err:  # unreadable, or a broken gzip stream
+    except (OSError, EOFError, zlib.error) as err:  # unreadable, or a broken gzip stream
         raise DataError(f"{path}: cannot be read: {err}") from None
     filled = [row if isinstance(row, _InvalidRow) else {c: row.get(c) for c in columns} for row in rows]
     return _RawRows(filled, list(columns), str(path), lines)
@@ -201,6 +202,8 @@ def _parse_line(raw: bytes) -> dict[str, Any] | _InvalidRow:
         return _InvalidRow("invalid_json", f"not UTF-8 text ({err.reason} at byte {err.start})")
     except json.JSONDecodeError as err:
         return _InvalidRow("invalid_json", f"not valid JSON ({err.msg} at column {err.colno})")
+    except (ValueError, RecursionError) as err:  # e.g. an integer of 5000 digits, nesting 100000 deep
+        return _InvalidRow("invalid_json", f"not valid JSON ({type(err).__name__}: {str(err)[:120]})")
     if not isinstance(value, dict):
         return _InvalidRow("invalid_json", f"expected a JSON object, got a JSON {type(value).__name__}")
     return value

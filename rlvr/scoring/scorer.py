@@ -120,6 +120,11 @@ class ScoreBatch:
         return out
 
 
+MIN_CALLS_TO_STOP = 16
+"""A verifier that failed on every call stops the run only when it was called at least this often in the
+step (:meth:`FailureTally.check`)."""
+
+
 @dataclass
 class FailureTally:
     """Verifier failures summed over several :class:`ScoreBatch` es (one training step, every process).
@@ -194,9 +199,9 @@ class FailureTally:
         """Rewards that failed on more than ``fraction`` of their calls."""
         return [n for n in self.names if self.calls[n] and self.failed[n] > fraction * self.calls[n]]
 
-    def all_failed(self) -> list[str]:
-        """Rewards that were called and failed every time."""
-        return [n for n in self.names if self.calls[n] and self.failed[n] == self.calls[n]]
+    def all_failed(self, min_calls: int = 1) -> list[str]:
+        """Rewards that were called at least ``min_calls`` times and failed every time."""
+        return [n for n in self.names if self.calls[n] >= min_calls and self.failed[n] == self.calls[n]]
 
     def describe(self, name: str, where: str = "") -> str:
         """``verifier NAME (SPEC) failed on F of C calls[ in WHERE] (first: KIND: REASON)``, for a log line
@@ -208,12 +213,19 @@ class FailureTally:
         tail = f" (first: {_short(first)})" if first else ""
         return f"verifier {label} failed on {self.failed[name]} of {self.calls[name]} calls{at}{tail}"
 
-    def check(self, max_fraction: float, stop_when_all_fail: bool = True, where: str = "") -> list[str]:
+    def check(
+        self,
+        max_fraction: float,
+        stop_when_all_fail: bool = True,
+        where: str = "",
+        min_calls: int = MIN_CALLS_TO_STOP,
+    ) -> list[str]:
         """Warnings for the rewards that failed on more than ``max_fraction`` of their calls; raises
-        :class:`ScoringError` naming the first reward that failed on all of them (``stop_when_all_fail``).
+        :class:`ScoringError` naming the first reward that failed on all of at least ``min_calls`` calls
+        (``stop_when_all_fail``: a routed verifier that saw one row, or one unlucky timeout, only warns).
         ``where`` (e.g. ``"step 3"``) goes into the messages."""
         if stop_when_all_fail:
-            for name in self.all_failed():
+            for name in self.all_failed(min_calls):
                 raise ScoringError(
                     f"{self.describe(name, where)}: every call failed, so its reward carries no signal. Run "
                     "the verifier by hand on a completion and an example row (docs/verifiers.md, 'Testing "

@@ -40,6 +40,10 @@ MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 """The name of a step checkpoint folder, ``step-<number>``."""
 CORRUPT_SUFFIX = ".corrupt"
+HASH_MAX_BYTES = 64 << 20
+"""Files up to this size get a sha256 in the manifest (trainer state, RNG, scheduler, small shards);
+larger ones (model and optimizer shards) are checked by size only, so saving and verifying a checkpoint
+of a large model stays cheap while the other processes wait (a truncated shard is caught by its size)."""
 """A damaged checkpoint found on resume is renamed ``step-N.corrupt`` (kept for inspection, never loaded
 and never pruned)."""
 
@@ -83,13 +87,15 @@ def save_checkpoint(
 
 
 def write_manifest(step_dir: str | Path) -> dict:
-    """Record the size and sha256 of every file under ``step_dir`` in its ``manifest.json``."""
+    """Record the size of every file under ``step_dir`` in its ``manifest.json``, and the sha256 of those up
+    to :data:`HASH_MAX_BYTES` (None for larger ones)."""
     step_dir = Path(step_dir)
-    files = {
-        path.relative_to(step_dir).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
-        for path in sorted(step_dir.rglob("*"))
-        if path.is_file() and path.name != MANIFEST
-    }
+    files = {}
+    for path in sorted(step_dir.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            size = path.stat().st_size
+            digest = _sha256(path) if size <= HASH_MAX_BYTES else None
+            files[path.relative_to(step_dir).as_posix()] = {"size": size, "sha256": digest}
     manifest = {"version": 1, "files": files}
     (step_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -119,7 +125,7 @@ def verify_checkpoint(step_dir: str | Path, hashes: bool = True) -> str | None:
             return f"{path}: {size} bytes, the manifest says {entry['size']} (truncated or overwritten)"
     if hashes:
         for name, entry in listed.items():
-            if _sha256(step_dir / name) != entry["sha256"]:
+            if entry.get("sha256") is not None and _sha256(step_dir / name) != entry["sha256"]:
                 return f"{step_dir / name}: content differs from the manifest (sha256 mismatch)"
     return None
 
@@ -188,7 +194,10 @@ def _verify_newest_first(found: list[Path]) -> tuple[str | None, dict[str, str]]
     for step_dir in reversed(found):
         if not (step_dir / MANIFEST).is_file():
             return step_dir.name, skipped  # written before manifests existed: load as before
-        problem = verify_checkpoint(step_dir)
+        try:
+            problem = verify_checkpoint(step_dir)
+        except Exception as exc:  # noqa: BLE001 - never raise on one process alone: the others wait
+            problem = f"{step_dir / MANIFEST}: cannot be checked ({exc.__class__.__name__}: {exc})"
         if problem is None:
             return step_dir.name, skipped
         skipped[step_dir.name] = problem
@@ -304,7 +313,15 @@ def resume_changes(earlier_recipe: str | Path, recipe: Recipe) -> dict[str, tupl
     import yaml
     from pydantic import ValidationError
 
-    tree = yaml.safe_load(Path(earlier_recipe).read_text()) or {}
+    try:
+        tree = yaml.safe_load(Path(earlier_recipe).read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RecipeError(
+            f"{recipe.source}: run.resume: {earlier_recipe} (the earlier run's recipe) cannot be read: "
+            f"{exc}; restore it, or delete it to resume without comparing recipes"
+        ) from None
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{recipe.source}: run.resume: {earlier_recipe} is not a recipe mapping")
     try:
         earlier = Recipe.model_validate(tree).model_dump(mode="json")
     except ValidationError:  # written by another rlvr version: compare the keys both know

@@ -206,6 +206,10 @@ def test_invalid_json_line_is_a_bad_row_with_its_line_number(tmp_path, tiny_toke
         DataError, match=rf"^{re.escape(str(path))}: line 3: not valid JSON \(Expecting ',' delimiter"
     ):
         load_prompts(DataConfig(path=str(path), invalid_rows="error"), tiny_tokenizer)
+    # json's own limits (an integer of 5000 digits, very deep nesting) are bad rows too, not tracebacks
+    path.write_text(json.dumps(GOOD[0]) + '\n{"answer": ' + "9" * 5000 + "}\n" + "[" * 100000 + "\n")
+    data = load_prompts(DataConfig(path=str(path)), tiny_tokenizer)
+    assert len(data) == 1 and data.skipped == {"invalid_json": 2}
 
 
 def test_unreachable_hub_dataset_is_a_data_error(tiny_tokenizer):
@@ -218,6 +222,8 @@ def test_unreachable_hub_dataset_is_a_data_error(tiny_tokenizer):
 
 def test_check_data_file_reads_only_the_first_rows(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", [{"question": "What is 2 + 2?", "answer": "4"}] * 30)
+    with path.open("a") as f:  # past the rows the check reads: loading reports it, the check never sees it
+        f.write("{not json\n")
     key, message = check_data_file(DataConfig(path=str(path)))
     assert key == "data.prompt_field"
     assert message == (

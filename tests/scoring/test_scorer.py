@@ -391,8 +391,12 @@ def test_a_verifier_failing_on_every_call_stops_scoring():
             [VerifierFailure(i, "broken", "exception", "raised KeyError: 'answer'") for i in range(2)],
         )
     )
+    # two calls are too few to call the verifier broken: a warning, not a stop
+    assert tally.check(0.5, where="step 1")[0].startswith(
+        "verifier broken (my_rewards.py:broken) failed on 2"
+    )
     with pytest.raises(ScoringError) as err:
-        tally.check(0.5, where="step 1")
+        tally.check(0.5, where="step 1", min_calls=2)
     message = str(err.value)
     assert message.startswith(
         "verifier broken (my_rewards.py:broken) failed on 2 of 2 calls in step 1 (first: exception: raised "

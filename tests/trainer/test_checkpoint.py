@@ -110,6 +110,26 @@ def test_verify_checkpoint_names_the_damaged_file(tmp_path):
     assert "manifest.json: unreadable" in verify_checkpoint(step)
 
 
+def test_large_files_are_checked_by_size_only(tmp_path, monkeypatch):
+    """Above HASH_MAX_BYTES a file has no sha256 (saving and verifying stay cheap for large models); a
+    truncated one is still found by its size, and a garbled manifest never raises on one process."""
+    import rlvr.trainer.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "HASH_MAX_BYTES", 100)
+    step = _saved(tmp_path, 1)
+    listed = json.loads((step / "manifest.json").read_text())["files"]
+    assert listed["sub/optimizer.bin"] == {"size": 400, "sha256": None}  # 400 bytes > 100
+    assert listed["trainer_state.json"]["sha256"] is not None
+    optimizer = step / "sub/optimizer.bin"
+    optimizer.write_bytes(b"ADAM" * 100)  # same size, other content: not seen without a hash
+    assert verify_checkpoint(step) is None
+    optimizer.write_bytes(b"adam")
+    assert verify_checkpoint(step).startswith(f"{optimizer}: 4 bytes, the manifest says 400")
+    (step / "manifest.json").write_text('{"files": {"model.safetensors": 3}}')  # an entry of the wrong shape
+    with pytest.raises(CheckpointError, match="manifest.json: cannot be checked"):
+        choose_checkpoint(_OneProcess(), tmp_path)
+
+
 class _OneProcess:
     is_main_process = True
     num_processes = 1
