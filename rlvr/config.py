@@ -21,13 +21,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but ``1e-3`` is a float (YAML 1.2), not the string YAML 1.1 makes of it.
+    """PyYAML's safe loader with two YAML 1.2 rules: ``1e-3`` is a float (not the string YAML 1.1 makes of
+    it), and only ``true`` / ``false`` are booleans (YAML 1.1 also reads ``no``, ``yes``, ``on``, ``off`` as
+    booleans, so ``train.mixed_precision=no`` would arrive as ``False``).
 
     Values in free-form ``*_kwargs`` mappings are checked against the plug-in's annotations (strictly: a
     string is not a number), so ``{lr: 1e-3}`` must not arrive as ``"1e-3"``.
     """
 
 
+_BOOL = "tag:yaml.org,2002:bool"
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),

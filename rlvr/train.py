@@ -60,6 +60,7 @@ from rlvr.trainer.setup import (
     reset_optimizer_state,
     reset_reference,
     unpartitioned,
+    warn_if_bf16_is_emulated,
 )
 from rlvr.trainer.update import UpdateContext, policy_update, update_needs
 from rlvr.trainer.weights import gathered_parameters, policy_state
@@ -103,6 +104,8 @@ def build(recipe: Recipe) -> Trainer:
     """Create the accelerator, policy, optimizer, engine, scorer, data and sampler for ``recipe``."""
     layout = recipe.batch_layout(int(os.environ.get("WORLD_SIZE", "1")))
     accelerator = make_accelerator(layout["grad_accum"], recipe.train.mixed_precision)
+    if accelerator.is_main_process:
+        warn_if_bf16_is_emulated(recipe, accelerator.mixed_precision, accelerator.device.type == "cpu")
     configure_deepspeed(accelerator, layout["micro_batch"], layout["grad_accum"], recipe)
     set_seed(recipe.run.seed, device_specific=False)
     run_dir = Path(recipe.run.output_dir)

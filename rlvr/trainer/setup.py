@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -21,9 +23,47 @@ from transformers import AutoModelForCausalLM
 from rlvr.config import Recipe
 from rlvr.trainer.critic import PolicyWithCritic, load_critic, policy_of
 
+logger = logging.getLogger("rlvr")
+
 
 def _on_cpu() -> bool:
     return not torch.cuda.is_available()
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether this x86 CPU computes bfloat16 natively (AVX512-BF16 or AMX); None when unknown (not Linux
+    x86). Without it torch emulates bf16 matmuls, about 25x slower than fp32 on an AVX2 machine
+    (docs/benchmarks.md), so a bf16 update or engine is a slowdown there, not a speed-up."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = next(
+        (line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None
+    )
+    if flags is None:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def warn_if_bf16_is_emulated(recipe: Recipe, mixed_precision: str | None, on_cpu: bool) -> list[str]:
+    """Warnings for bf16 settings that this CPU would emulate (slow), naming the key to change."""
+    if not on_cpu or cpu_has_native_bf16() is not False:
+        return []
+    keys = []
+    if mixed_precision == "bf16":
+        keys.append("train.mixed_precision=no")
+    if (recipe.rollout.dtype or recipe.model.dtype) == "bfloat16":
+        keys.append("rollout.dtype=float32")
+    warnings = [
+        f"this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16): bf16 matmuls are emulated and much "
+        f"slower than fp32 here; pass {key} for speed"
+        for key in keys
+    ]
+    for warning in warnings:
+        logger.warning(warning)
+    return warnings
 
 
 def make_accelerator(grad_accum: int, mixed_precision: str | None = None) -> Accelerator:
