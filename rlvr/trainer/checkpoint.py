@@ -156,14 +156,10 @@ def choose_checkpoint(accelerator: Accelerator, output_dir: str | Path) -> Choic
     found = checkpoint_dirs(output_dir)
     if not found:
         return None
-    verdict: list[Any] = [None]
-    if accelerator.is_main_process:
-        verdict[0] = _verify_newest_first(found)
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
+    from rlvr.trainer.distributed import from_main_process
 
-        broadcast_object_list(verdict)
-    chosen, skipped = verdict[0]
+    verdict = _verify_newest_first(found) if accelerator.is_main_process else None
+    chosen, skipped = from_main_process(accelerator, verdict)
     if chosen is None:
         problems = "; ".join(skipped.values())
         raise CheckpointError(

@@ -40,6 +40,17 @@ def global_means(accelerator: Accelerator, values: Mapping[str, float]) -> dict[
     return dict(zip(keys, reduced, strict=True))
 
 
+def from_main_process(accelerator: Accelerator, value: object) -> object:
+    """The main process's ``value`` on every process (a picklable object; the others pass anything)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box)
+    return box[0]
+
+
 def gathered_objects(accelerator: Accelerator, items: list) -> list:
     """The ``items`` lists of every process, concatenated in process order (picklable objects)."""
     if accelerator.num_processes == 1:
