@@ -131,11 +131,20 @@ class DataConfig(_Section):
     """What to do with rows lacking a usable prompt or answer: report and skip, or stop with an error."""
     limit: int | None = Field(None, ge=1)
     """Use only the first N rows."""
+    source: str | None = None
+    """Name of these prompts in per-source statistics and curriculum metrics (the rows' ``data_source``);
+    default: a row's own ``data_source`` column where it has one, else the file or dataset name."""
 
 
 class SamplerConfig(_Section):
     name: str = "random"
-    """Prompt sampler / curriculum (registry: rlvr.data.sampler.SAMPLERS)."""
+    """Prompt sampler / curriculum (registry: rlvr.data.sampler.SAMPLERS; docs/curriculum.md)."""
+    kwargs: dict[str, Any] = {}
+    """Keyword hyperparameters of the sampler (checked against its signature when the recipe loads)."""
+    ema_weight: float = Field(0.5, gt=0, le=1)
+    """Per-prompt statistics: weight of a new pass rate in each prompt's moving average."""
+    window: int = Field(4, ge=1)
+    """Per-prompt statistics: how many of each prompt's latest pass rates are kept."""
 
 
 class EADConfig(_Section):
@@ -543,8 +552,8 @@ def _check_references(
     """
     from rlvr.algorithms import ADVANTAGES, PLUGIN_FAMILIES, POLICY_LOSSES
     from rlvr.algorithms.utils import is_group_relative, needs_of
+    from rlvr.data import SAMPLERS
     from rlvr.data.loading import check_data_file
-    from rlvr.data.sampler import SAMPLERS
     from rlvr.models import model_name_problem
     from rlvr.rollout import ENGINES
     from rlvr.scoring import resolve_verifier
@@ -651,11 +660,13 @@ def _check_plugin_arguments(
         POLICY_LOSSES,
         TOKEN_WEIGHTS,
     )
+    from rlvr.data import SAMPLERS
     from rlvr.registry import PluginArgumentError, bind_kwargs
     from rlvr.scoring import check_reward_model_spec, resolve_verifier
 
     algo = recipe.algorithm
     checks = [
+        ("sampler.kwargs", lambda: SAMPLERS.bind(recipe.sampler.name, recipe.sampler.kwargs)),
         ("algorithm.advantage_kwargs", lambda: ADVANTAGES.bind(algo.advantage, algo.advantage_kwargs)),
         (
             "algorithm.policy_loss_kwargs",

@@ -27,7 +27,7 @@ from transformers import AutoTokenizer
 
 from rlvr.algorithms import ADVANTAGES, POLICY_LOSSES, AdvantageInputs
 from rlvr.config import Recipe, RecipeError, dump_recipe, load_recipe
-from rlvr.data import SAMPLERS, load_prompts
+from rlvr.data import SAMPLERS, PromptStats, load_prompts
 from rlvr.models import resolve_model
 from rlvr.rollout import ENGINES, EngineOptions, RolloutEngine
 from rlvr.scoring import RewardSpec, Scorer, ScoringError, build_reward_model
@@ -77,6 +77,8 @@ class Trainer:
     engine: RolloutEngine
     scorer: Scorer
     sampler: object
+    stats: PromptStats
+    """Per-prompt statistics (global over processes; the curriculum samplers read them)."""
     tokenizer: object
     log: MetricsLogger
     layout: dict[str, int]
@@ -123,7 +125,7 @@ def build(recipe: Recipe) -> Trainer:
         model_path = str(resolve_model(recipe.model.name_or_path))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dataset = load_prompts(recipe.data, tokenizer)
-    sampler = SAMPLERS.get(recipe.sampler.name)(dataset, seed=recipe.run.seed)
+    stats, sampler = make_curriculum(recipe, dataset)
 
     algo = recipe.algorithm
     advantage = (ADVANTAGES.get(algo.advantage), ADVANTAGES.bind(algo.advantage, algo.advantage_kwargs))
@@ -201,6 +203,7 @@ def build(recipe: Recipe) -> Trainer:
         engine,
         scorer,
         sampler,
+        stats,
         tokenizer,
         log,
         layout,
@@ -217,6 +220,8 @@ def build(recipe: Recipe) -> Trainer:
         _apply_recipe_lrs(scheduler, recipe_lrs)
         trainer.step = state["step"]
         sampler.load_state_dict(state["sampler"])
+        if "prompt_stats" in state:  # checkpoints before per-prompt statistics have none
+            stats.load_state_dict(state["prompt_stats"])
         for component in components:
             if component.state_key in state:
                 component.load_state_dict(state[component.state_key])
@@ -225,6 +230,22 @@ def build(recipe: Recipe) -> Trainer:
         if accelerator.is_main_process:
             record_resume(run_dir, recipe, checkpoint, trainer.step, changes, dropped)
     return trainer
+
+
+def make_curriculum(recipe: Recipe, dataset) -> tuple[PromptStats, object]:
+    """The per-prompt statistics and the recipe's sampler over ``dataset`` (a sampler's complaint about the
+    data, e.g. a missing difficulty column, is a RecipeError naming the sampler.kwargs key)."""
+    s = recipe.sampler
+    stats = PromptStats([row["data_source"] for row in dataset], ema_weight=s.ema_weight, window=s.window)
+    try:
+        kwargs = SAMPLERS.bind(s.name, s.kwargs)
+        sampler = SAMPLERS.get(s.name)(dataset, stats, seed=recipe.run.seed, **kwargs)
+    except ValueError as exc:
+        message = str(exc)
+        if not message.startswith("sampler."):
+            message = f"sampler.kwargs: {message}"
+        raise RecipeError(f"{recipe.source}: {message}") from None
+    return stats, sampler
 
 
 def _check_process_count(recipe: Recipe, checkpoint, num_processes: int) -> None:
@@ -467,8 +488,13 @@ def _print_samples(t: Trainer, groups) -> None:
 
 
 def _trainer_state(t: Trainer) -> dict:
-    """What a checkpoint needs besides the accelerate state: the sampler and every component's state."""
-    state = {"sampler": t.sampler.state_dict(), "num_processes": t.accelerator.num_processes}
+    """What a checkpoint needs besides the accelerate state: the sampler, the per-prompt statistics and
+    every component's state."""
+    state = {
+        "sampler": t.sampler.state_dict(),
+        "prompt_stats": t.stats.state_dict(),
+        "num_processes": t.accelerator.num_processes,
+    }
     state.update({c.state_key: c.state_dict() for c in t.components if c.state_key})
     return state
 

@@ -4,12 +4,15 @@ A recipe's ``data`` section maps onto :class:`DataConfig`. :func:`load_prompts` 
 ``.jsonl`` / ``.json`` / ``.parquet`` file, a local folder of such files (one file per split, e.g.
 ``train.jsonl`` and ``test.jsonl``), or a hub dataset by name, then turns every valid row into::
 
-    {**original_row_fields, "prompt": str, "prompt_ids": list[int], "answer": str, "index": int}
+    {**original_row_fields, "prompt": str, "prompt_ids": list[int], "answer": str, "index": int,
+     "prompt_id": int, "data_source": str}
 
 ``prompt`` is the final text given to the rollout engine (chat template applied unless
-``chat_template=False``), ``prompt_ids`` its token ids, ``answer`` the gold answer as a string and
-``index`` the row's position in the source file. Invalid rows are skipped with a warning or, with
-``invalid_rows="error"``, stop the run with an error naming the file, row and field.
+``chat_template=False``), ``prompt_ids`` its token ids, ``answer`` the gold answer as a string,
+``index`` the row's position in the source file, ``prompt_id`` its position in the processed dataset (what
+per-prompt statistics are keyed by) and ``data_source`` the name of its source (``data.source``, else the
+row's own ``data_source`` column, else the file or dataset name without suffixes). Invalid rows are skipped
+with a warning or, with ``invalid_rows="error"``, stop the run with an error naming the file, row and field.
 
 ``.jsonl`` files (also gzipped) are read line by line, so a line that is not a JSON object is one more
 invalid row, reported with its line number, not a failed load; other formats go through ``datasets``.
@@ -119,6 +122,7 @@ def load_prompts(cfg: DataConfig, tokenizer: Any) -> PromptDataset:
         text = _render(prompt_text, row, cfg, tokenizer, f"{source}: {raw.where(index)}")
         candidates.append((index, row, text, answer))
 
+    default_source = source_name(cfg)
     texts = [text for _, _, text, _ in candidates]
     encoded = tokenizer(texts, add_special_tokens=not cfg.chat_template)["input_ids"] if texts else []
     rows: list[dict[str, Any]] = []
@@ -127,7 +131,18 @@ def load_prompts(cfg: DataConfig, tokenizer: Any) -> PromptDataset:
             message = f"rendered prompt has {len(ids)} tokens; expected at most {cfg.max_prompt_tokens}"
             reject(index, _InvalidRow("too_long", f"{message} (data.max_prompt_tokens)"))
             continue
-        rows.append({**row, "prompt": text, "prompt_ids": list(ids), "answer": answer, "index": index})
+        own = row.get("data_source")
+        rows.append(
+            {
+                **row,
+                "prompt": text,
+                "prompt_ids": list(ids),
+                "answer": answer,
+                "index": index,
+                "prompt_id": len(rows),
+                "data_source": cfg.source or (own if isinstance(own, str) and own else default_source),
+            }
+        )
 
     counts = ", ".join(f"{reason}={n}" for reason, n in sorted(skipped.items()))
     if not rows:
@@ -145,6 +160,13 @@ def load_prompts(cfg: DataConfig, tokenizer: Any) -> PromptDataset:
             "; ".join(examples),
         )
     return PromptDataset(rows=rows, source=source, skipped=dict(skipped))
+
+
+def source_name(cfg: DataConfig) -> str:
+    """The data source name of rows without their own: the file name without suffixes
+    (``data/mix/train.jsonl.gz`` -> ``train``), the folder name, or the hub dataset name."""
+    name = Path(str(cfg.path).rstrip("/")).name
+    return name.split(".", 1)[0] or str(cfg.path)
 
 
 _EXPECTED_ROWS = (

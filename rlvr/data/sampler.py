@@ -1,21 +1,26 @@
 """Prompt samplers: which prompts go into the next rollout batch.
 
-A sampler walks a prompt dataset (anything with ``len()`` and ``[i]`` -> dict, e.g.
-:class:`rlvr.data.loading.PromptDataset`) and hands out global batches. Samplers are registered in
-:data:`SAMPLERS` and built with :func:`make_sampler`; their ``state_dict`` goes into checkpoints so that a
-resumed run draws exactly the batches the uninterrupted run would have drawn.
+A sampler walks a prompt dataset (anything with ``len()`` and ``[i]`` -> dict whose ``prompt_id`` is ``i``,
+e.g. :class:`rlvr.data.loading.PromptDataset`) and hands out global batches. Every sampler is registered in
+:data:`SAMPLERS` and has the same contract (:class:`Sampler`): it is built as
+``cls(dataset, stats, seed=..., **sampler.kwargs)``, reads the trainer's per-prompt statistics
+(:class:`rlvr.data.stats.PromptStats`, updated before :meth:`Sampler.update` is called with the same
+records), and its ``state_dict`` goes into checkpoints so that a resumed run draws exactly the batches the
+uninterrupted run would have drawn. The curriculum samplers are in :mod:`rlvr.data.curriculum`.
 
-With data parallelism every rank builds the same sampler with the same seed, draws the same global batch
-and keeps its own part with :func:`shard`.
+With data parallelism every rank builds the same sampler with the same seed, sees the same (gathered)
+statistics, draws the same global batch and keeps its own part with :func:`shard`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from rlvr.data.stats import PromptStats
 from rlvr.registry import Registry
 
 
@@ -23,44 +28,151 @@ from rlvr.registry import Registry
 class PromptSampler(Protocol):
     """What the trainer needs from a sampler."""
 
-    def next_batch(self, n: int) -> list[dict[str, Any]]:
-        """The next ``n`` prompts (the global batch; see :func:`shard`)."""
+    def next_batch(self, n: int, step: int = 0) -> list[dict[str, Any]]:
+        """The next ``n`` prompts at training step ``step`` (the global batch; see :func:`shard`)."""
         ...
 
-    def update(self, stats: list[dict[str, Any]]) -> None:
-        """Per-prompt results of the last batch, e.g. ``{"index": 3, "pass_rate": 0.25}``."""
+    def update(self, records: list[dict[str, Any]]) -> None:
+        """Per-prompt results of the last generation round (already folded into the statistics), e.g.
+        ``{"prompt_id": 3, "pass_rate": 0.25, "samples": 8, "mean_length": 41.5, "step": 2}``."""
         ...
+
+    def metrics(self) -> dict[str, float]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-SAMPLERS: Registry[type] = Registry("sampler")
+SAMPLERS: Registry[type] = Registry("sampler", inputs=2, reserved=("seed",))
+"""Sampler classes; ``inputs=2``: the dataset and the statistics are passed by the trainer, as is ``seed``."""
+
+
+def default_stats(dataset: Sequence[dict[str, Any]]) -> PromptStats:
+    """Fresh statistics over ``dataset`` (sources from the rows' ``data_source``)."""
+    return PromptStats([row.get("data_source", "data") for row in dataset])
 
 
 def make_sampler(
-    name: str, dataset: Sequence[dict[str, Any]], *, seed: int = 0, **kwargs: Any
+    name: str,
+    dataset: Sequence[dict[str, Any]],
+    stats: PromptStats | None = None,
+    *,
+    seed: int = 0,
+    **kwargs: Any,
 ) -> PromptSampler:
-    """Build the sampler registered as ``name`` over ``dataset``."""
-    return SAMPLERS.get(name)(dataset, seed=seed, **kwargs)
+    """Build the sampler registered as ``name`` over ``dataset``, its kwargs checked and defaults filled."""
+    stats = default_stats(dataset) if stats is None else stats
+    return SAMPLERS.get(name)(dataset, stats, seed=seed, **SAMPLERS.bind(name, kwargs))
+
+
+def entropy(probs: np.ndarray) -> float:
+    """Shannon entropy (nats) of a probability vector (0 log 0 = 0)."""
+    p = probs[probs > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+class Sampler:
+    """Base of the registered samplers: the dataset, the statistics, a seed and a draw counter.
+
+    A subclass implements :meth:`draw` (dataset positions for one batch). The random generator of a draw,
+    :meth:`rng`, depends only on ``(seed, draws)``, so a restored sampler continues exactly.
+    :meth:`metrics` reports ``active_prompts`` (prompts the last draw could pick) and ``entropy`` (of the
+    distribution it drew from, in nats; ``log(active_prompts)`` for a uniform draw).
+    """
+
+    def __init__(self, dataset: Sequence[dict[str, Any]], stats: PromptStats, *, seed: int = 0) -> None:
+        if len(dataset) == 0:
+            raise ValueError("cannot sample from an empty prompt dataset")
+        if len(stats) != len(dataset):
+            raise ValueError(f"statistics cover {len(stats)} prompts, the dataset has {len(dataset)}")
+        self.dataset = dataset
+        self.stats = stats
+        self.seed = int(seed)
+        self.draws = 0
+        self.last_metrics: dict[str, float] = {}
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.draws])
+
+    def draw(self, n: int, step: int) -> list[int]:
+        raise NotImplementedError
+
+    def next_batch(self, n: int, step: int = 0) -> list[dict[str, Any]]:
+        if n <= 0:
+            raise ValueError(f"batch size must be positive, got {n}")
+        positions = self.draw(n, step)
+        self.draws += 1
+        return [dict(self.dataset[i]) for i in positions]
+
+    def update(self, records: list[dict[str, Any]]) -> None:
+        """Nothing by default: most samplers read :attr:`stats`, which the trainer has already updated."""
+
+    def metrics(self) -> dict[str, float]:
+        return dict(self.last_metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sampler": type(self).__name__,
+            "seed": self.seed,
+            "draws": self.draws,
+            "size": len(self.dataset),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("size", len(self.dataset)) != len(self.dataset):
+            raise ValueError(
+                f"sampler state was saved for {state['size']} prompts but the dataset now has "
+                f"{len(self.dataset)}; resuming would not reproduce the original order"
+            )
+        if state.get("sampler", type(self).__name__) != type(self).__name__:
+            raise ValueError(
+                f"sampler state was saved by {state['sampler']}, this run uses {type(self).__name__}"
+            )
+        self.seed = int(state["seed"])
+        self.draws = int(state.get("draws", 0))
+
+
+def weighted_draw(rng: np.random.Generator, probs: np.ndarray, n: int) -> list[int]:
+    """``n`` positions drawn with probabilities ``probs``: without replacement as far as the positions with
+    positive probability allow, then with replacement for the rest."""
+    k = min(n, int((probs > 0).sum()))
+    first = rng.choice(len(probs), size=k, replace=False, p=probs).tolist()
+    rest = rng.choice(len(probs), size=n - k, replace=True, p=probs).tolist() if n > k else []
+    return first + rest
+
+
+class WeightedSampler(Sampler):
+    """A sampler that draws each batch from a distribution over prompts (:meth:`weights`, normalised; all
+    zero falls back to uniform), without replacement within a batch."""
+
+    def weights(self, step: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def probabilities(self, step: int) -> np.ndarray:
+        w = np.asarray(self.weights(step), dtype=np.float64)
+        total = w.sum()
+        return w / total if total > 0 else np.full(len(w), 1.0 / len(w))
+
+    def draw(self, n: int, step: int) -> list[int]:
+        probs = self.probabilities(step)
+        self.last_metrics = {"active_prompts": float((probs > 0).sum()), "entropy": entropy(probs)}
+        return weighted_draw(self.rng(), probs, n)
 
 
 @SAMPLERS.register("random")
-class RandomSampler:
+class RandomSampler(Sampler):
     """Epoch-wise shuffling: each epoch visits every prompt once, in an order fixed by ``(seed, epoch)``.
 
     Batches run across epoch boundaries. The state is ``(epoch, position, seed)``, and the order of an
     epoch is recomputed from ``seed`` and ``epoch`` alone, so a restored sampler continues exactly.
+    Subclasses may skip prompts (:meth:`active`); the walk then passes over them.
     """
 
     shuffle = True
 
-    def __init__(self, dataset: Sequence[dict[str, Any]], *, seed: int = 0) -> None:
-        if len(dataset) == 0:
-            raise ValueError("cannot sample from an empty prompt dataset")
-        self.dataset = dataset
-        self.seed = int(seed)
+    def __init__(self, dataset: Sequence[dict[str, Any]], stats: PromptStats, *, seed: int = 0) -> None:
+        super().__init__(dataset, stats, seed=seed)
         self.epoch = 0
         self.position = 0
         self._order: np.ndarray | None = None
@@ -74,38 +186,33 @@ class RandomSampler:
                 self._order = np.arange(size)
         return self._order
 
-    def next_batch(self, n: int) -> list[dict[str, Any]]:
-        if n <= 0:
-            raise ValueError(f"batch size must be positive, got {n}")
-        batch: list[dict[str, Any]] = []
+    def active(self, step: int) -> np.ndarray:
+        """Which prompts the walk may hand out at ``step`` (all of them here)."""
+        return np.ones(len(self.dataset), dtype=bool)
+
+    def draw(self, n: int, step: int) -> list[int]:
+        active = self.active(step)
+        if not active.any():  # nothing left: hand out every prompt rather than stop the run
+            active = np.ones(len(self.dataset), dtype=bool)
+        count = int(active.sum())
+        self.last_metrics = {"active_prompts": float(count), "entropy": math.log(count)}
+        batch: list[int] = []
         while len(batch) < n:
             order = self._epoch_order()
-            take = order[self.position : self.position + n - len(batch)]
-            batch.extend(dict(self.dataset[int(i)]) for i in take)
-            self.position += len(take)
+            while self.position < len(order) and len(batch) < n:
+                i = int(order[self.position])
+                self.position += 1
+                if active[i]:
+                    batch.append(i)
             if self.position >= len(order):
                 self.epoch, self.position, self._order = self.epoch + 1, 0, None
         return batch
 
-    def update(self, stats: list[dict[str, Any]]) -> None:
-        """Ignored: the order does not depend on results."""
-
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "sampler": type(self).__name__,
-            "seed": self.seed,
-            "epoch": self.epoch,
-            "position": self.position,
-            "size": len(self.dataset),
-        }
+        return {**super().state_dict(), "epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("size", len(self.dataset)) != len(self.dataset):
-            raise ValueError(
-                f"sampler state was saved for {state['size']} prompts but the dataset now has "
-                f"{len(self.dataset)}; resuming would not reproduce the original order"
-            )
-        self.seed = int(state["seed"])
+        super().load_state_dict(state)
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._order = None

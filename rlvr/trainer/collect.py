@@ -23,6 +23,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from rlvr.algorithms import informative_groups, soft_overlong_penalty
@@ -153,13 +154,22 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
     rounds = 0
     failures = t.scorer.failure_tally()
     timer = {"reward_s": 0.0}
+    generated_groups = 0
+    curriculum: dict[str, float] = {}
+    drawn: list[dict] = []  # the global batches of every round (the same on every process)
+    zero_variance = 0
     while True:
-        rows = shard(t.sampler.next_batch(per_round), acc.process_index, acc.num_processes)
+        batch = t.sampler.next_batch(per_round, t.step)
+        drawn.extend(batch)
+        rows = shard(batch, acc.process_index, acc.num_processes)
         generated: list[Group] = []
         if len(kept) < quota:
             seed = seed_for(recipe.run.seed, t.step, acc.process_index, rounds)
             generated = generate_groups(t, rows, seed, t.step, greedy_baseline, timer, failures)
         rounds += 1
+        zero_variance += sum(len(set(g.rewards)) <= 1 for g in generated)
+        generated_groups += len(generated)
+        curriculum = curriculum or _batch_metrics(t, drawn)  # estimates before this step's results
         _update_sampler(t, recipe, generated)
         if not ds.enabled:
             kept = generated
@@ -177,11 +187,12 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
     if len(kept) < quota:
         raise RuntimeError(f"collected {len(kept)} groups, need {quota}")  # cannot happen: round 1 fills
     baselines = [g.baseline for g in kept if g.baseline is not None]
-    counts = [len(dropped), filled, sum(baselines), len(baselines)]
+    counts = [len(dropped), filled, sum(baselines), len(baselines), zero_variance, generated_groups]
     totals = global_sums(acc, [float(c) for c in counts] + failures.vector())
     step_failures = failures.with_counts(totals[len(counts) :])
     _check_failures(t, failures, step_failures)
     metrics = {**step_failures.metrics(), "time/reward_s": timer["reward_s"]}
+    metrics.update(curriculum_metrics(t, drawn, curriculum, zero_variance=totals[4] / max(totals[5], 1.0)))
     if greedy_baseline:
         metrics["reward/baseline_mean"] = totals[2] / max(totals[3], 1.0)
     if ds.enabled:
@@ -214,13 +225,46 @@ def _check_failures(t, local: FailureTally, step_failures: FailureTally) -> None
 
 
 def _update_sampler(t, recipe, groups: list[Group]) -> None:
-    """Curriculum feedback: per-prompt pass rates of this round from every process."""
+    """Curriculum feedback: this round's per-prompt results from every process (in process order) go into
+    the per-prompt statistics, then to the sampler; both end up the same on every process."""
     threshold = recipe.rewards.correct_threshold
-    stats = [
+    records = [
         {
-            "index": g.row["index"],
+            "prompt_id": g.row["prompt_id"],
             "pass_rate": sum(v >= threshold for v in g.verdicts) / max(len(g.verdicts), 1),
+            "samples": len(g.completions),
+            "mean_length": sum(len(c.token_ids) for c in g.completions) / max(len(g.completions), 1),
+            "step": t.step,
         }
         for g in groups
     ]
-    t.sampler.update(gathered_objects(t.accelerator, stats))
+    records = gathered_objects(t.accelerator, records)
+    t.stats.record(records, t.step)
+    t.sampler.update(records)
+
+
+def _batch_metrics(t, drawn: list[dict]) -> dict[str, float]:
+    """What the sampler drew (first round): its distribution's size and entropy, bucket weights, and the
+    mean estimated pass rate of the drawn prompts seen before."""
+    out = {f"curriculum/{k}": v for k, v in t.sampler.metrics().items()}
+    estimate = t.stats.estimate("ema")[[row["prompt_id"] for row in drawn]]
+    known = estimate[~np.isnan(estimate)]
+    if known.size:
+        out["curriculum/batch_pass_rate"] = float(known.mean())
+    return out
+
+
+def curriculum_metrics(t, drawn: list[dict], first: dict[str, float], zero_variance: float) -> dict:
+    """``curriculum/*`` metrics of the step (identical on every process: they come from the global batches
+    and the global statistics): see docs/metrics.md."""
+    out = dict(first)
+    out["curriculum/zero_variance_frac"] = zero_variance
+    out["curriculum/seen_prompts"] = float(t.stats.seen.sum())
+    shares: dict[str, int] = {}
+    for row in drawn:
+        shares[row["data_source"]] = shares.get(row["data_source"], 0) + 1
+    for source, agg in t.stats.by_source().items():
+        out[f"curriculum/batch_share/{source}"] = shares.get(source, 0) / len(drawn)
+        if agg["seen"]:
+            out[f"curriculum/pass_rate/{source}"] = agg["pass_rate"]
+    return out

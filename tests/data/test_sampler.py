@@ -6,11 +6,11 @@ import pytest
 
 from rlvr.data import SAMPLERS, PromptSampler, make_sampler, shard
 
-DATA = [{"index": i, "prompt": f"p{i}"} for i in range(20)]
+DATA = [{"prompt_id": i, "prompt": f"p{i}", "data_source": "d"} for i in range(20)]
 
 
 def indices(batch: list[dict]) -> list[int]:
-    return [row["index"] for row in batch]
+    return [row["prompt_id"] for row in batch]
 
 
 def test_registry_and_protocol():
@@ -44,7 +44,7 @@ def test_resume_reproduces_future_batches(name):
             state = reference.state_dict()
         batches.append(indices(reference.next_batch(7)))
     resumed = make_sampler(name, DATA, seed=0)  # the seed comes from the state
-    resumed.update([{"index": 0, "pass_rate": 1.0}])
+    resumed.update([{"prompt_id": 0, "pass_rate": 1.0, "samples": 4, "mean_length": 3.0, "step": 0}])
     resumed.load_state_dict(state)
     assert [indices(resumed.next_batch(7)) for _ in range(3)] == batches[2:]
 
