@@ -196,6 +196,19 @@ PLUGIN_TYPOS = [
         ["rewards.verifiers=[{name: math, kwargs: {timeout: 3}}]"],
         "rewards.verifiers[0].kwargs.timeout: unknown argument 'timeout' of verifier 'math'",
     ),
+    (
+        ["sampler.name=learnability", "sampler.kwargs={flor: 0.1}"],
+        "sampler.kwargs.flor: unknown argument 'flor' of sampler 'learnability' (known: estimate, floor, "
+        "prior)",
+    ),
+    (
+        ["sampler.name=pass_rate_filter", "sampler.kwargs={cooldown: soon}"],
+        "sampler.kwargs.cooldown: argument 'cooldown' of sampler 'pass_rate_filter' expects",
+    ),
+    (
+        ["sampler.name=difficulty_schedule", "sampler.kwargs={field: level}"],
+        "sampler.kwargs.pace_steps: sampler 'difficulty_schedule' needs argument(s) pace_steps",
+    ),
     # reward-model specs: checked without loading a model (rlvr.scoring.check_reward_model_spec)
     (
         ["rewards.reward_models=[{name: rm, model: {path: my-org/rm, batchsize: 2}}]"],

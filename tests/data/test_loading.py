@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
@@ -49,6 +50,8 @@ def test_invalid_rows_are_skipped_and_reported(messy_file, tiny_tokenizer, caplo
         data = load_prompts(cfg, tiny_tokenizer)
     assert isinstance(data, PromptDataset) and len(data) == 3
     assert [row["index"] for row in data] == [0, 4, 7]
+    assert [row["prompt_id"] for row in data] == [0, 1, 2]  # positions in the dataset: stats keys
+    assert {row["data_source"] for row in data} == {"messy"}
     assert [row["answer"] for row in data] == ["4", "7", "5"]
     assert data.skipped == {"missing_answer": 2, "empty_prompt": 1, "prompt_not_string": 1, "too_long": 1}
     (record,) = [r for r in caplog.records if r.name == "rlvr.data.loading"]
@@ -242,3 +245,14 @@ def test_check_data_file_reads_only_the_first_rows(tmp_path):
     Dataset.from_list([{"question": "q", "answer": "1"}]).to_parquet(tmp_path / "q.parquet")
     assert check_data_file(DataConfig(path=str(tmp_path / "q.parquet")))[0] == "data.prompt_field"
     assert check_data_file(DataConfig(path="org/hub-name")) is None  # not checked when the recipe loads
+
+
+def test_data_source_comes_from_the_recipe_the_row_or_the_file_name(tmp_path, tiny_tokenizer):
+    path = tmp_path / "mix.jsonl.gz"
+    rows = [{**GOOD[0], "data_source": "gsm"}, GOOD[1], {**GOOD[2], "data_source": ""}]
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    data = load_prompts(DataConfig(path=str(path)), tiny_tokenizer)
+    assert [row["data_source"] for row in data] == ["gsm", "mix", "mix"]
+    named = load_prompts(DataConfig(path=str(path), source="arith"), tiny_tokenizer)
+    assert [row["data_source"] for row in named] == ["arith"] * 3
