@@ -41,7 +41,8 @@ def test_two_process_zero_update_keeps_ranks_identical(tmp_path, stage):
 @pytest.mark.distributed
 def test_two_process_zero3_ppo_with_critic_dynamic_sampling_and_reference_reset(tmp_path):
     """The plug-ins that add models and collectives: a critic inside the ZeRO-3 engine, the KL penalty in
-    the reward, ProRL's reset of a partitioned reference, dynamic sampling's global stopping rule."""
+    the reward, ProRL's reset of a partitioned reference, dynamic sampling's global stopping rule, and a
+    curriculum sampler fed by both processes' results."""
     out = tmp_path / "dump"
     launch(
         "recipes/accelerate/zero3.yaml",
@@ -59,8 +60,15 @@ def test_two_process_zero3_ppo_with_critic_dynamic_sampling_and_reference_reset(
         "algorithm.dynamic_sampling.enabled=true",
         "algorithm.dynamic_sampling.oversample=2.0",
         "algorithm.token_weights=[{name: tis}]",
+        "sampler.name=learnability",
     )
     ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+    # a curriculum on two processes: both draw the same global batches (each round of dynamic sampling)
+    # and hold the same statistics, which cover the prompts both generated for
+    assert ranks[0]["drawn"] == ranks[1]["drawn"] and len(ranks[0]["drawn"]) >= 2
+    assert ranks[0]["prompt_stats"] == ranks[1]["prompt_stats"]
+    first_batch = set(ranks[0]["drawn"][0])
+    assert first_batch <= set(ranks[0]["prompt_stats"]["index"])
     assert ranks[0]["after"] == ranks[1]["after"]
     assert ranks[0]["after"] != ranks[0]["before"]
     first, second = ranks[0]["steps"]

@@ -2,6 +2,7 @@
 logged after the last checkpoint (a kill between logging and saving). Real runs of the tiny recipe."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -56,12 +57,14 @@ def comparable(row: dict) -> dict:
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
-    full = train(tmp_path / "full", "run.steps=4")
-    first = train(tmp_path / "split", "run.steps=2")
+    """With a curriculum sampler: its choices depend on the restored per-prompt statistics."""
+    curriculum = "sampler.name=learnability"
+    full = train(tmp_path / "full", "run.steps=4", curriculum)
+    first = train(tmp_path / "split", "run.steps=2", curriculum)
     # killed after logging step 3 but before its checkpoint was complete: the row must not stay
     with (tmp_path / "split/metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": 3, "time": 0.0, "reward/mean": -1.0}) + "\n")
-    resumed = train(tmp_path / "split", "run.steps=4", "run.resume=true")
+    resumed = train(tmp_path / "split", "run.steps=4", "run.resume=true", curriculum)
     assert [r["step"] for r in first] == [1, 2]
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]  # each step once, appended to the same file
     assert [comparable(r) for r in full[2:]] == [comparable(r) for r in resumed[-2:]]
@@ -74,6 +77,17 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     checkpoints = sorted(p.name for p in (tmp_path / "split/checkpoints").iterdir())
     assert checkpoints == ["step-000004"]
     assert verify_checkpoint(tmp_path / "split/checkpoints/step-000004") is None  # it has a manifest
+    # the same prompts were drawn, with the same results: identical per-prompt statistics at step 4
+    states = [
+        json.loads((tmp_path / run / "checkpoints/step-000004/trainer_state.json").read_text())
+        for run in ("full", "split")
+    ]
+    assert states[0]["prompt_stats"] == states[1]["prompt_stats"]
+    assert states[0]["sampler"] == states[1]["sampler"] and states[0]["sampler"]["draws"] == 4
+    assert 8 < len(states[0]["prompt_stats"]["index"]) <= 32  # 4 steps of 8 prompts, some drawn again
+    # the first draw is uniform over the 200 prompts (all unseen); then learnability moves away from it
+    assert resumed[0]["curriculum/entropy"] == pytest.approx(math.log(200), rel=1e-5)
+    assert resumed[-1]["curriculum/entropy"] < resumed[0]["curriculum/entropy"]
     assert (tmp_path / "split/final/model.safetensors").is_file()
 
 

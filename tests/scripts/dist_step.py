@@ -5,7 +5,7 @@
 
 Writes OUT_DIR/rank{i}.json with the metrics of every step and a sha256 of every full (gathered)
 parameter after the last step, so the test can check that all ranks hold identical weights, and that
-the weights changed.
+the weights changed; also the global prompt batches the rank's sampler drew and its per-prompt statistics.
 """
 
 import hashlib
@@ -28,13 +28,30 @@ def digest(trainer) -> dict[str, str]:
 def main() -> None:
     out, recipe_path, *overrides = sys.argv[1:]
     trainer = build(load_recipe(recipe_path, overrides))
+    drawn: list[list[int]] = []  # the global batches this rank's sampler handed out
+    draw = trainer.sampler.next_batch
+
+    def next_batch(n: int, step: int = 0) -> list[dict]:
+        batch = draw(n, step)
+        drawn.append([row["prompt_id"] for row in batch])
+        return batch
+
+    trainer.sampler.next_batch = next_batch
     before = digest(trainer)
     steps = [run_step(trainer) for _ in range(trainer.recipe.run.steps)]
     after = digest(trainer)
     rank = trainer.accelerator.process_index
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"rank{rank}.json").write_text(
-        json.dumps({"before": before, "after": after, "steps": steps})
+        json.dumps(
+            {
+                "before": before,
+                "after": after,
+                "steps": steps,
+                "drawn": drawn,
+                "prompt_stats": trainer.stats.state_dict(),
+            }
+        )
     )
     trainer.scorer.close()
     trainer.engine.close()
