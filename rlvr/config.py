@@ -106,11 +106,49 @@ class ModelConfig(_Section):
     """Passed to from_pretrained (e.g. sdpa, flash_attention_2); None lets transformers choose."""
 
 
+class DataSourceConfig(_Section):
+    """One of several prompt sources (``data.sources``): a file, folder or hub dataset (``path``), or a
+    reasoning-gym procedural task (``task``) generated from the installed package when the run starts. The
+    data section's other keys (template, system prompt, limits) apply to every source."""
+
+    path: str | None = None
+    """Like data.path: a local .jsonl/.json/.parquet file, a folder of them or a hub dataset name."""
+    task: str | None = None
+    """A reasoning-gym task name (e.g. basic_arithmetic); its rows have the question in data.prompt_field,
+    the gold answer in data.answer_field, ``task`` and the task's ``metadata`` (for the reasoning_gym
+    verifier)."""
+    name: str | None = None
+    """The rows' ``data_source`` (per-source statistics, metrics, mixture weights, verifier routes);
+    default: the file name without suffixes, or the task name. Names must differ."""
+    split: str = "train"
+    """path only: the split of a hub dataset or a local folder."""
+    subset: str | None = None
+    """path only: the hub dataset configuration name."""
+    prompt_field: str | None = None
+    """path only: this source's prompt column, when it differs from data.prompt_field."""
+    answer_field: str | None = None
+    """path only: this source's answer column, when it differs from data.answer_field."""
+    limit: int | None = Field(None, ge=1)
+    """Use only the first N rows of this source."""
+    size: int = Field(500, ge=1)
+    """task only: how many rows to generate."""
+    seed: int = 0
+    """task only: generation seed (the same seed gives the same rows)."""
+    config: dict[str, Any] = {}
+    """task only: the task's configuration, e.g. its difficulty parameters ({max_terms: 2, max_digits: 1}
+    for basic_arithmetic); checked against the task's config class when the recipe loads."""
+    columns: dict[str, Any] = {}
+    """Constant columns added to every row of this source, e.g. {difficulty: 1} for a curriculum."""
+
+
 class DataConfig(_Section):
     path: str | None = None
-    """Required: a local .jsonl/.json/.parquet file (relative to the current directory or the recipe
-    folder), a folder of such files (one per split) or a hub dataset name. (No default: the prompts are the
-    one thing a recipe cannot leave out.)"""
+    """A local .jsonl/.json/.parquet file (relative to the current directory or the recipe folder), a
+    folder of such files (one per split) or a hub dataset name. Required unless data.sources is given. (No
+    default: the prompts are the one thing a recipe cannot leave out.)"""
+    sources: list[DataSourceConfig] = []
+    """Several prompt sources in one run, instead of data.path (docs/curriculum.md): files, hub datasets and
+    reasoning-gym tasks, concatenated; each row's ``data_source`` names its source."""
     split: str = "train"
     """Split to load from a hub dataset or a local data folder (a single file has only "train")."""
     subset: str | None = None
@@ -614,20 +652,26 @@ def _check_references(
             raise RecipeError(f"{where(f'rewards.verifiers[{i}].name')}: {exc}") from exc
     _check_plugin_arguments(recipe, base_dir, where)
     data = recipe.data
-    if data.path is None:
+    if data.path is None and not data.sources:
         raise RecipeError(
             f"{where('data.path')}: required: the prompts to train on (a .jsonl/.json/.parquet file, a "
-            "folder of them or a hub dataset name)"
+            "folder of them or a hub dataset name), or data.sources"
         )
-    data_path = resolve_local(data.path, base_dir)
-    if data_path is None and looks_local(data.path):
-        raise RecipeError(f"{where('data.path')}: file not found: {data.path}")
-    if data_path is not None:
-        data.path = str(data_path)
-        problem = check_data_file(data)  # the first rows: empty file, columns, prompt template
-        if problem is not None:
-            key, message = problem
-            raise RecipeError(f"{where(key)}: {message}")
+    if data.path is not None and data.sources:
+        raise RecipeError(
+            f"{where('data.sources')}: give data.path or data.sources, not both (a source can be a file)"
+        )
+    if data.path is not None:
+        data_path = resolve_local(data.path, base_dir)
+        if data_path is None and looks_local(data.path):
+            raise RecipeError(f"{where('data.path')}: file not found: {data.path}")
+        if data_path is not None:
+            data.path = str(data_path)
+            problem = check_data_file(data)  # the first rows: empty file, columns, prompt template
+            if problem is not None:
+                key, message = problem
+                raise RecipeError(f"{where(key)}: {message}")
+    _check_sources(data, base_dir, where)
     for key, section, field in (
         ("model.name_or_path", recipe.model, "name_or_path"),
         ("algorithm.critic.model", algo.critic, "model"),
@@ -644,6 +688,48 @@ def _check_references(
         problem = model_name_problem(name)
         if problem is not None:
             raise RecipeError(f"{where(key)}: {problem}")
+
+
+def _check_sources(data: DataConfig, base_dir: Path, where: Callable[[str], str]) -> None:
+    """Each of ``data.sources`` is a file that exists and fits the data section (first rows), or a
+    reasoning-gym task with a valid configuration; their names differ."""
+    from rlvr.data.loading import check_data_file, source_config, source_key
+    from rlvr.data.tasks import TaskError, check_task
+
+    names: dict[str, int] = {}
+    for i, source in enumerate(data.sources):
+        key = f"data.sources[{i}]"
+        if (source.path is None) == (source.task is None):
+            raise RecipeError(f"{where(key)}: give exactly one of path (a file or dataset) or task")
+        if source.task is not None:
+            path_keys = ("split", "subset", "prompt_field", "answer_field")
+            stray = [k for k in path_keys if k in source.model_fields_set]
+            if stray:
+                raise RecipeError(f"{where(f'{key}.{stray[0]}')}: only for a path source, not a task")
+            try:
+                check_task(source.task, source.config)
+            except TaskError as exc:
+                raise RecipeError(f"{where(f'{key}.{exc.key}')}: {exc}") from None
+        else:
+            stray = [k for k in ("size", "seed", "config") if k in source.model_fields_set]
+            if stray:
+                raise RecipeError(f"{where(f'{key}.{stray[0]}')}: only for a task source, not a path")
+            path = resolve_local(source.path, base_dir)
+            if path is None and looks_local(source.path):
+                raise RecipeError(f"{where(f'{key}.path')}: file not found: {source.path}")
+            if path is not None:
+                source.path = str(path)
+                problem = check_data_file(source_config(data, source))
+                if problem is not None:
+                    problem_key, message = problem
+                    raise RecipeError(f"{where(source_key(problem_key, i))}: {message}")
+        name = source_config(data, source).source
+        if name in names:
+            raise RecipeError(
+                f"{where(f'{key}.name')}: data.sources[{names[name]}] is also named {name!r}; give each "
+                "source its own name"
+            )
+        names[name] = i
 
 
 def _check_plugin_arguments(

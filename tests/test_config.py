@@ -447,3 +447,44 @@ def test_yaml_1_2_booleans_only_true_and_false(tmp_path):
     recipe = load_recipe(path, ["train.mixed_precision=no", "run.tensorboard=true"])
     assert recipe.train.mixed_precision == "no" and recipe.run.name == "on"
     assert recipe.run.resume is False and recipe.run.tensorboard is True
+
+
+SOURCE_ERRORS = [
+    (f"data:\n  path: {DATA}\n  sources: [{{path: {DATA}}}]\n", "data.sources: give data.path or data.sources"),
+    ("data:\n  sources: [{name: x}]\n", "data.sources[0]: give exactly one of path"),
+    ("data:\n  sources: [{task: basic_arithmetik}]\n", "data.sources[0].task: unknown reasoning-gym task"),
+    (
+        "data:\n  sources: [{task: basic_arithmetic, config: {max_term: 2}}]\n",
+        "data.sources[0].config.max_term: basic_arithmetic has no config key 'max_term'",
+    ),
+    (
+        "data:\n  sources: [{task: basic_arithmetic, config: {min_terms: 5, max_terms: 2}}]\n",
+        "data.sources[0].config: basic_arithmetic: invalid config",
+    ),
+    (f"data:\n  sources: [{{path: {DATA}, size: 10}}]\n", "data.sources[0].size: only for a task source"),
+    ("data:\n  sources: [{task: basic_arithmetic, split: test}]\n", "data.sources[0].split: only for a path"),
+    ("data:\n  sources: [{path: ./missing.jsonl}]\n", "data.sources[0].path: file not found"),
+    (
+        f"data:\n  sources: [{{path: {DATA}, prompt_field: question}}]\n",
+        "data.sources[0].prompt_field: 'question' is not a column",
+    ),
+    (
+        f"data:\n  sources: [{{path: {DATA}}}, {{task: basic_arithmetic, name: say_digit}}]\n",
+        "data.sources[1].name: data.sources[0] is also named 'say_digit'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), SOURCE_ERRORS, ids=lambda v: str(v)[:50])
+def test_data_sources_are_checked_when_the_recipe_loads(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
+
+
+def test_data_sources_load(tmp_path):
+    text = f"data:\n  sources:\n    - {{path: {DATA}, columns: {{difficulty: 1}}}}\n"
+    text += "    - {task: basic_arithmetic, name: rg, config: {max_terms: 2}}\n"
+    recipe = load_recipe(write(tmp_path, text))
+    assert [s.path or s.task for s in recipe.data.sources] == [DATA, "basic_arithmetic"]

@@ -81,7 +81,9 @@ class _InvalidRow(Exception):
 
 
 def load_prompts(cfg: DataConfig, tokenizer: Any) -> PromptDataset:
-    """Load, validate and render the prompts described by ``cfg`` (see the module docstring).
+    """Load, validate and render the prompts described by ``cfg`` (see the module docstring): the file or
+    dataset of ``data.path``, or every one of ``data.sources`` in turn, concatenated (``prompt_id`` runs
+    over all of them).
 
     Raises:
         DataError: the data cannot be read, is empty, lacks the prompt or answer column, the template does
@@ -89,7 +91,74 @@ def load_prompts(cfg: DataConfig, tokenizer: Any) -> PromptDataset:
     """
     if cfg.invalid_rows not in ("skip", "error"):
         raise DataError(f"data.invalid_rows: expected 'skip' or 'error', got {cfg.invalid_rows!r}")
-    raw = _load_raw(cfg)
+    if not cfg.sources:
+        return _load_source(cfg, tokenizer, _load_raw(cfg))
+    parts = []
+    for i, source in enumerate(cfg.sources):
+        sub = source_config(cfg, source)
+        try:
+            if source.task is not None:
+                from rlvr.data.tasks import TaskError, task_rows
+
+                try:
+                    rows = task_rows(
+                        source.task,
+                        size=source.size,
+                        seed=source.seed,
+                        config=source.config,
+                        prompt_field=sub.prompt_field,
+                        answer_field=sub.answer_field,
+                        columns=source.columns,
+                    )
+                except TaskError as exc:
+                    raise DataError(f"data.sources[{i}].{exc.key}: {exc}") from None
+                raw = _RawRows(rows, list(rows[0]) if rows else [], f"task {source.task} ({sub.source})")
+            else:
+                raw = _load_raw(sub)
+                if source.columns:
+                    raw.rows = [
+                        r if isinstance(r, _InvalidRow) else {**r, **source.columns} for r in raw.rows
+                    ]
+                    raw.columns = list(dict.fromkeys([*raw.columns, *source.columns]))
+            parts.append(_load_source(sub, tokenizer, raw))
+        except DataError as exc:
+            raise DataError(source_key(str(exc), i)) from None
+    rows = [{**row, "prompt_id": k} for k, row in enumerate(r for part in parts for r in part.rows)]
+    skipped: Counter[str] = Counter()
+    for part in parts:
+        skipped.update(part.skipped)
+    return PromptDataset(rows=rows, source=" + ".join(p.source for p in parts), skipped=dict(skipped))
+
+
+_SOURCE_KEY = re.compile(r"data\.(path|split|subset|prompt_field|answer_field|limit|source)\b")
+"""The data keys a source sets itself (an error about them names ``data.sources[i].<key>``)."""
+
+
+def source_key(key: str, i: int) -> str:
+    """``data.path`` -> ``data.sources[i].path`` for the keys a source sets; others stay data keys."""
+    return _SOURCE_KEY.sub(lambda m: f"data.sources[{i}].{m.group(1)}", key)
+
+
+def source_config(cfg: DataConfig, source: Any) -> DataConfig:
+    """The data section as it applies to one of ``data.sources``: its own path, split, fields, limit and
+    name, the shared template, system prompt and limits."""
+    sub = cfg.model_copy(
+        update={
+            "path": source.path,
+            "split": source.split,
+            "subset": source.subset,
+            "prompt_field": source.prompt_field or cfg.prompt_field,
+            "answer_field": source.answer_field or cfg.answer_field,
+            "limit": source.limit,
+            "sources": [],
+        }
+    )
+    default = source.task if source.task is not None else source_name(sub)
+    return sub.model_copy(update={"source": source.name or default})
+
+
+def _load_source(cfg: DataConfig, tokenizer: Any, raw: _RawRows) -> PromptDataset:
+    """Validate and render the rows of one source."""
     source = raw.source
     if not raw.rows:
         raise DataError(f"{source}: holds no rows; {_EXPECTED_ROWS}")

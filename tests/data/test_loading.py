@@ -256,3 +256,46 @@ def test_data_source_comes_from_the_recipe_the_row_or_the_file_name(tmp_path, ti
     assert [row["data_source"] for row in data] == ["gsm", "mix", "mix"]
     named = load_prompts(DataConfig(path=str(path), source="arith"), tiny_tokenizer)
     assert [row["data_source"] for row in named] == ["arith"] * 3
+
+
+def test_several_sources_concatenate_with_their_own_fields_and_names(tmp_path, tiny_tokenizer):
+    from rlvr.config import DataSourceConfig
+
+    first = write_jsonl(tmp_path / "a.jsonl", GOOD[:2])
+    second = write_jsonl(tmp_path / "b.jsonl", [{"q": "What is 1 + 8?", "gold": 9}, {"q": "", "gold": 1}])
+    cfg = DataConfig(
+        sources=[
+            DataSourceConfig(path=str(first), columns={"difficulty": 1}),
+            DataSourceConfig(path=str(second), name="other", prompt_field="q", answer_field="gold"),
+            DataSourceConfig(
+                task="basic_arithmetic",
+                name="rg",
+                size=3,
+                seed=4,
+                config={"max_terms": 2, "max_digits": 1},
+                columns={"difficulty": 2},
+            ),
+        ]
+    )
+    data = load_prompts(cfg, tiny_tokenizer)
+    assert [row["data_source"] for row in data] == ["a", "a", "other", "rg", "rg", "rg"]
+    assert [row["prompt_id"] for row in data] == list(range(6))
+    assert [row.get("difficulty") for row in data] == [1, 1, None, 2, 2, 2]
+    assert data[2]["answer"] == "9" and "What is 1 + 8?" in data[2]["prompt"]
+    assert data.skipped == {"empty_prompt": 1}
+    task_row = data[3]
+    assert task_row["task"] == "basic_arithmetic" and task_row["metadata"]["num_terms"] == 2
+    assert task_row["prompt"].count("Calculate") == 1  # the question went into the prompt field
+    again = load_prompts(cfg, tiny_tokenizer)  # generation is deterministic given the seed
+    assert [row["prompt"] for row in again] == [row["prompt"] for row in data]
+
+
+def test_a_source_error_names_the_source_key(tmp_path, tiny_tokenizer):
+    from rlvr.config import DataSourceConfig
+
+    good = write_jsonl(tmp_path / "a.jsonl", GOOD)
+    cfg = DataConfig(
+        sources=[DataSourceConfig(path=str(good)), DataSourceConfig(path=str(good), prompt_field="question")]
+    )
+    with pytest.raises(DataError, match=r"data\.sources\[1\]\.prompt_field: 'question' is not a column"):
+        load_prompts(cfg, tiny_tokenizer)
