@@ -10,6 +10,11 @@ train, where a bare question may repeat)::
 
     python scripts/make_arithmetic.py --out data/arithmetic
 
+The mixed-difficulty task of the curriculum comparison (docs/curriculum.md), rows with a ``difficulty``
+column from 1 (easy) to 3::
+
+    python scripts/make_arithmetic.py --levels --train 400 --test 60 --out data/arithmetic_levels
+
 Measure a model's starting accuracy with the quickstart prompt (sampling, last-number match)::
 
     python scripts/make_arithmetic.py --measure 40 --model smollm2-135m-instruct
@@ -127,6 +132,38 @@ def generate(
     return rows
 
 
+LEVELS: dict[int, tuple[int, tuple[str, ...]]] = {
+    1: (6, ("add", "sub")),
+    2: (9, KINDS),
+    3: (60, KINDS),
+}
+"""Difficulty level -> (largest operand, kinds) of the mixed-difficulty task (``--levels``): bare sums and
+differences up to 6, the quickstart's task (operands up to 9, bare and word problems), and the same with
+operands up to 60."""
+
+
+def write_levels(args: argparse.Namespace) -> None:
+    """The mixed-difficulty task: ``--train`` / ``--test`` rows per level of :data:`LEVELS`, each with its
+    ``difficulty``; test questions are distinct and never in train."""
+    rng = random.Random(args.seed)
+    train: list[Row] = []
+    test: list[Row] = []
+    for level, (top, kinds) in LEVELS.items():
+        held_out = generate(
+            args.test, rng, top, kinds, exclude=frozenset(r["question"] for r in test), distinct=True
+        )
+        exclude = frozenset(r["question"] for r in held_out + test)
+        train += [
+            {**row, "difficulty": level} for row in generate(args.train, rng, top, kinds, exclude=exclude)
+        ]
+        test += [{**row, "difficulty": level} for row in held_out]
+    rng.shuffle(train)
+    out = Path(args.out)
+    write_jsonl(train, out / "train.jsonl")
+    write_jsonl(test, out / "test.jsonl")
+    print(f"wrote {len(train)} train and {len(test)} test rows ({len(LEVELS)} levels) to {out}")
+
+
 def write_jsonl(rows: list[Row], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
@@ -212,6 +249,11 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--max-operand", type=int, default=9, help="operands are drawn from 1..max-operand")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {KINDS}")
+    parser.add_argument(
+        "--levels",
+        action="store_true",
+        help="write the mixed-difficulty task instead: --train and --test rows per difficulty level",
+    )
     measure_group = parser.add_argument_group("measuring (instead of generating)")
     measure_group.add_argument("--measure", type=int, default=0, help="number of questions to try")
     measure_group.add_argument("--model", default="smollm2-135m-instruct")
@@ -231,6 +273,9 @@ def main() -> None:
     unknown = set(kinds) - set(KINDS)
     if unknown:
         parser.error(f"unknown kinds {sorted(unknown)}; choose from {KINDS}")
+    if args.levels:
+        write_levels(args)
+        return
     rng = random.Random(args.seed)
     test = generate(args.test, rng, args.max_operand, kinds, distinct=True)
     train = generate(args.train, rng, args.max_operand, kinds, exclude=frozenset(r["question"] for r in test))

@@ -450,7 +450,10 @@ def test_yaml_1_2_booleans_only_true_and_false(tmp_path):
 
 
 SOURCE_ERRORS = [
-    (f"data:\n  path: {DATA}\n  sources: [{{path: {DATA}}}]\n", "data.sources: give data.path or data.sources"),
+    (
+        f"data:\n  path: {DATA}\n  sources: [{{path: {DATA}}}]\n",
+        "data.sources: give data.path or data.sources",
+    ),
     ("data:\n  sources: [{name: x}]\n", "data.sources[0]: give exactly one of path"),
     ("data:\n  sources: [{task: basic_arithmetik}]\n", "data.sources[0].task: unknown reasoning-gym task"),
     (

@@ -534,9 +534,15 @@ _PROBLEM_CACHE: dict[tuple, ProblemSet] = {}
 
 
 def flat_metrics(summary: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
-    """``{prefix}/{benchmark}/{metric}`` -> value, plus response length and truncation rate."""
+    """``{prefix}/{benchmark}/{metric}`` -> value, plus response length and truncation rate, and every
+    metric per breakdown value: ``{prefix}/{benchmark}/{field}/{value}/{metric}``."""
     base = f"{prefix}/{summary['benchmark']}"
     out = {f"{base}/{name}": float(v["value"]) for name, v in summary.get("metrics", {}).items()}
+    for field, values in summary.get("breakdown", {}).items():
+        for value, part in values.items():
+            out.update(
+                {f"{base}/{field}/{value}/{name}": float(v["value"]) for name, v in part["metrics"].items()}
+            )
     response = summary.get("response", {})
     if response:
         out[f"{base}/response_tokens"] = float(response["mean_tokens"])

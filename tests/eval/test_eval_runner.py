@@ -104,6 +104,7 @@ def test_shipped_specs_load_with_their_data(name, tiny_tokenizer):
         "humaneval": 164,
         "mbpp": 427,
         "arithmetic": 200,
+        "arithmetic_levels": 180,
     }
     spec = load_spec(name, check=False)
     assert spec.verifier.name in VERIFIERS
