@@ -6,10 +6,10 @@ against generated tokens, zero-variance groups and wall time (the measurement in
     python scripts/compare_curricula.py report runs/compare        # markdown tables + accuracy_vs_tokens.png
 
 ``run`` trains ``OUT/<sampler>-s<seed>`` one after another (skipping runs that already finished), each with
-the recipe's settings and ``sampler.name=<sampler>`` (the recipe's ``sampler.kwargs`` only for the recipe's
-own sampler), then evaluates its final model with ``rlvr eval`` on the recipe's eval benchmarks (greedy,
-per-difficulty breakdown) into ``OUT/<run>/eval`` (the first benchmark is reported). Extra ``key=value``
-overrides go to every run.
+the recipe's settings and ``sampler.name=<sampler>`` (so the recipe must not set ``sampler.kwargs``: they
+belong to one sampler), then evaluates its final model with ``rlvr eval`` on the recipe's eval benchmarks
+(greedy, per-difficulty breakdown) into ``OUT/<run>/eval`` (the first benchmark is reported). Extra
+``key=value`` overrides go to every run.
 
 ``report`` reads every run's ``metrics.jsonl`` (held-out accuracy during training from ``eval.every``,
 generated tokens per step = response/length_mean x samples) and ``eval/<benchmark>/summary.json``, and prints:
@@ -47,8 +47,11 @@ def _run(args: argparse.Namespace) -> None:
                 print(f"{run_dir}: done, skipped", flush=True)
                 continue
             overrides = [f"run.output_dir={run_dir}", f"run.seed={seed}", f"sampler.name={sampler}"]
-            if sampler != own:
-                overrides.append("sampler.kwargs={}")
+            if sampler != own and (recipe.get("sampler") or {}).get("kwargs"):
+                raise SystemExit(
+                    f"{args.recipe}: sampler.kwargs are {own}'s; overrides merge into them, so compare "
+                    "samplers on a recipe without sampler.kwargs"
+                )
             start = time.time()
             train = [sys.executable, "-m", "rlvr.train", args.recipe, *overrides, *args.overrides]
             print("+", " ".join(train), flush=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from rlvr.config import Recipe, RewardConfig
+from rlvr.config import DataSourceConfig, Recipe, RewardConfig
 
 OUT = Path(__file__).resolve().parents[1] / "docs/recipes.md"
 
@@ -42,6 +42,7 @@ def render() -> str:
         model = field.annotation
         if isinstance(model, type) and issubclass(model, BaseModel):
             lines += [f"\n## `{section}`\n", *table(model, f"{section}.")]
+    lines += ["\n### each entry of `data.sources`\n", *table(DataSourceConfig, "")]
     lines += ["\n### each entry of `rewards.verifiers`\n", *table(RewardConfig, "")]
     return "\n".join(lines) + "\n"
 
