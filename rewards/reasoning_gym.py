@@ -1,8 +1,9 @@
 """Built-in verifier for reasoning-gym procedural tasks, registered as ``"reasoning_gym"``.
 
-Rows of a ``data.sources`` task source (:mod:`rlvr.data.tasks`) carry the task name (``task``), the gold
-answer (``answer``) and the task's ``metadata``. The verifier extracts the model's answer from the completion
-and scores it with the task's own ``score_answer`` (reasoning-gym's check: exact or partial credit, in
+Rows of a ``data.sources`` task source (:mod:`rlvr.data.tasks`) carry the task name (``task``), its
+configuration (``task_config``), the gold answer (``answer``) and the task's ``metadata``. The verifier
+extracts the model's answer from the completion and scores it with the task's own ``score_answer`` (built
+with that configuration) (reasoning-gym's check: exact or partial credit, in
 [0, 1]), so every task is judged the way its authors defined.
 
 Extraction (``extract``): ``"answer_tag"`` takes the last ``<answer>...</answer>`` block (reasoning-gym's
@@ -13,6 +14,7 @@ extracted answer.
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from typing import Any, Literal
@@ -41,10 +43,13 @@ def extract(completion: str, how: Literal["auto", "answer_tag", "last_line"] = "
 
 
 @lru_cache(maxsize=256)
-def _score_fn(task: str):
-    import reasoning_gym
+def _score_fn(task: str, config: str):
+    """The ``score_answer`` of ``task`` built with the source's configuration (``config``: JSON), since
+    some tasks' checks read it."""
+    from reasoning_gym.factory import DATASETS
 
-    return reasoning_gym.get_score_answer_fn(task)
+    dataset_cls, config_cls = DATASETS[task]
+    return dataset_cls(config=config_cls(**json.loads(config), seed=0, size=1)).score_answer
 
 
 @verifier("reasoning_gym")
@@ -67,5 +72,6 @@ def reasoning_gym_verifier(
         "answer": example["answer"],
         "metadata": example["metadata"],
     }
-    score = float(_score_fn(task)(answer, entry))
+    config = json.dumps(example.get("task_config") or {}, sort_keys=True)
+    score = float(_score_fn(task, config)(answer, entry))
     return RewardResult(min(1.0, max(0.0, score)), {"extracted": answer})

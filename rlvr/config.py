@@ -661,6 +661,13 @@ def _check_references(
         raise RecipeError(
             f"{where('data.sources')}: give data.path or data.sources, not both (a source can be a file)"
         )
+    if data.sources:
+        per_source = {"split": "split", "subset": "subset", "limit": "limit", "source": "name"}
+        for key in sorted(per_source.keys() & data.model_fields_set):
+            raise RecipeError(
+                f"{where(f'data.{key}')}: with data.sources, set it per source (data.sources[i]."
+                f"{per_source[key]})"
+            )
     if data.path is not None:
         data_path = resolve_local(data.path, base_dir)
         if data_path is None and looks_local(data.path):

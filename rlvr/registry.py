@@ -19,6 +19,7 @@ recipe loads, before any model loads.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
@@ -87,10 +88,11 @@ def _signature(fn: Callable) -> inspect.Signature:
 
 
 def _type_hints(fn: Callable) -> dict[str, Any]:
-    """``fn``'s resolved annotations; {} when they cannot be resolved (a user's plug-in may use anything)."""
+    """``fn``'s resolved annotations, ``Annotated`` constraints kept (``Annotated[float, Field(ge=0)]``); {}
+    when they cannot be resolved (a user's plug-in may use anything)."""
     target = fn.__init__ if inspect.isclass(fn) else fn
     try:
-        return typing.get_type_hints(target)
+        return typing.get_type_hints(target, include_extras=True)  # keep Annotated constraints
     except Exception:  # noqa: BLE001 - unresolvable annotations only lose the type check
         return {}
 
@@ -115,9 +117,26 @@ def _checked(value: Any, hint: Any, what: str) -> Any:
             return adapter.validate_python(value)  # containers: list -> tuple, nested numbers
         except ValidationError as exc:
             error = exc
-    expected = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    expected = _type_text(hint)
     reason = error.errors()[0]["msg"] if error.errors() else str(error)
     raise PluginArgumentError(f"{what} expects {expected}, got {value!r} ({reason})") from None
+
+
+def _type_text(hint: Any) -> str:
+    """``float``, ``int | None``, ``list[str]``: a type as a recipe author reads it (constraints left out;
+    the validation message says which one failed)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _type_text(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in args)
+    if hint is type(None):
+        return "None"
+    if isinstance(hint, type) and not args:
+        return hint.__name__
+    if isinstance(origin, type) and args:  # list[str], dict[str, float]
+        return f"{origin.__name__}[{', '.join(_type_text(a) for a in args)}]"
+    return str(hint).replace("typing.", "")
 
 
 class Registry(Generic[T]):

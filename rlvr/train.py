@@ -46,7 +46,7 @@ from rlvr.trainer.checkpoint import (
 )
 from rlvr.trainer.collect import collect
 from rlvr.trainer.components import Component, Requests, build_components, merge_requests, requests_of
-from rlvr.trainer.distributed import gathered, global_means, global_sums
+from rlvr.trainer.distributed import gathered, gathered_objects, global_means, global_sums
 from rlvr.trainer.evaluation import PeriodicEvaluator
 from rlvr.trainer.logprobs import BATCH_FIELDS, critic_output, fill_fields, policy_output
 from rlvr.trainer.metrics import MetricsLogger
@@ -79,6 +79,8 @@ class Trainer:
     sampler: object
     stats: PromptStats
     """Per-prompt statistics (global over processes; the curriculum samplers read them)."""
+    data_fingerprint: str
+    """:meth:`rlvr.data.loading.PromptDataset.fingerprint` of the prompts (checked on resume)."""
     tokenizer: object
     log: MetricsLogger
     layout: dict[str, int]
@@ -125,6 +127,13 @@ def build(recipe: Recipe) -> Trainer:
         model_path = str(resolve_model(recipe.model.name_or_path))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dataset = load_prompts(recipe.data, tokenizer)
+    fingerprint = dataset.fingerprint()
+    if len(set(gathered_objects(accelerator, [fingerprint]))) > 1:
+        raise RecipeError(
+            f"{recipe.source}: data: the processes loaded different prompts (a hub dataset or generator that "
+            "is not deterministic?); every process must hold the same prompts in the same order"
+        )
+    _check_same_prompts(recipe, checkpoint, fingerprint)
     stats, sampler = make_curriculum(recipe, dataset)
 
     algo = recipe.algorithm
@@ -204,6 +213,7 @@ def build(recipe: Recipe) -> Trainer:
         scorer,
         sampler,
         stats,
+        fingerprint,
         tokenizer,
         log,
         layout,
@@ -219,9 +229,7 @@ def build(recipe: Recipe) -> Trainer:
         state = load_checkpoint(accelerator, checkpoint.path)
         _apply_recipe_lrs(scheduler, recipe_lrs)
         trainer.step = state["step"]
-        sampler.load_state_dict(state["sampler"])
-        if "prompt_stats" in state:  # checkpoints before per-prompt statistics have none
-            stats.load_state_dict(state["prompt_stats"])
+        restore_curriculum(recipe, state, sampler, stats)
         for component in components:
             if component.state_key in state:
                 component.load_state_dict(state[component.state_key])
@@ -248,16 +256,45 @@ def make_curriculum(recipe: Recipe, dataset) -> tuple[PromptStats, object]:
     return stats, sampler
 
 
+def restore_curriculum(recipe: Recipe, state: dict, sampler, stats: PromptStats) -> None:
+    """Restore the sampler and the per-prompt statistics of a checkpoint; one of another sampler or size
+    is a RecipeError."""
+    try:
+        sampler.load_state_dict(state["sampler"])
+        if "prompt_stats" in state:  # checkpoints before per-prompt statistics have none
+            stats.load_state_dict(state["prompt_stats"])
+    except ValueError as exc:
+        raise RecipeError(f"{recipe.source}: run.resume: {exc}") from None
+
+
+def _saved_state(recipe: Recipe, checkpoint) -> dict:
+    path = checkpoint.path / STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"{recipe.source}: run.resume: {path} cannot be read ({exc})") from None
+
+
+def _check_same_prompts(recipe: Recipe, checkpoint, fingerprint: str) -> None:
+    """A resume trains on the same prompts in the same order: the sampler's state and the per-prompt
+    statistics are keyed by position (checked before the model loads)."""
+    if checkpoint is None:
+        return
+    saved = _saved_state(recipe, checkpoint).get("data_fingerprint")
+    if saved is not None and saved != fingerprint:
+        raise RecipeError(
+            f"{recipe.source}: run.resume: the prompts differ from those of {checkpoint.path.name} (the data "
+            "file or its generation changed); its sampler state and per-prompt statistics belong to those "
+            "prompts: restore the data, or start a new run"
+        )
+
+
 def _check_process_count(recipe: Recipe, checkpoint, num_processes: int) -> None:
     """A resume runs on as many processes as the checkpointed run: the per-process batch layout, seeds and
     prompt shards (and ZeRO's partitions) depend on it."""
     if checkpoint is None:
         return
-    path = checkpoint.path / STATE_FILE
-    try:
-        saved = json.loads(path.read_text()).get("num_processes")
-    except (OSError, ValueError) as exc:
-        raise RecipeError(f"{recipe.source}: run.resume: {path} cannot be read ({exc})") from None
+    saved = _saved_state(recipe, checkpoint).get("num_processes")
     if saved is not None and saved != num_processes:
         raise RecipeError(
             f"{recipe.source}: run.resume: {checkpoint.path.name} was written by {saved} process(es), this "
@@ -493,6 +530,7 @@ def _trainer_state(t: Trainer) -> dict:
     state = {
         "sampler": t.sampler.state_dict(),
         "prompt_stats": t.stats.state_dict(),
+        "data_fingerprint": t.data_fingerprint,
         "num_processes": t.accelerator.num_processes,
     }
     state.update({c.state_key: c.state_dict() for c in t.components if c.state_key})

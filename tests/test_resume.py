@@ -185,3 +185,16 @@ def test_resume_on_another_number_of_processes_is_refused(tmp_path):
         _check_process_count(recipe, Choice(step, {}), 1)
     (step / STATE_FILE).write_text(json.dumps({"step": 2}))  # written before the count was recorded
     _check_process_count(recipe, Choice(step, {}), 1)
+
+
+def test_resume_on_changed_prompts_is_refused(tmp_path):
+    """The sampler's state and the per-prompt statistics are keyed by prompt position: same data only."""
+    data = tmp_path / "prompts.jsonl"
+    shutil.copy(ROOT / "data/toy/say_digit.jsonl", data)
+    out = tmp_path / "run"
+    run(command(out, "run.steps=2", f"data.path={data}", "sampler.name=learnability"))
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # same rows, another order
+    error = refused(out, "run.steps=3", "run.resume=true", f"data.path={data}", "sampler.name=learnability")
+    assert "run.resume: the prompts differ from those of step-000002" in error
+    assert [r["step"] for r in metrics(out)] == [1, 2]

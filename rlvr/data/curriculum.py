@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from rlvr.data.sampler import SAMPLERS, RandomSampler, Sampler, WeightedSampler, entropy
 from rlvr.data.stats import Estimate, PromptStats
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+"""A probability or pass rate in [0, 1] (checked when the recipe loads, like every annotation here)."""
+Count = Annotated[int, Field(ge=1)]
+"""A count or a number of steps, >= 1."""
 
 
 def _column(dataset: Sequence[dict[str, Any]], field: str, sampler: str) -> list[Any]:
@@ -61,19 +67,15 @@ class PassRateFilterSampler(RandomSampler):
         stats: PromptStats,
         *,
         seed: int = 0,
-        hi: float = 1.0,
-        lo: float | None = None,
-        min_seen: int = 1,
-        cooldown: int | None = None,
+        hi: Fraction = 1.0,
+        lo: Fraction | None = None,
+        min_seen: Count = 1,
+        cooldown: Count | None = None,
         estimate: Estimate = "last",
     ) -> None:
         super().__init__(dataset, stats, seed=seed)
         if lo is not None and lo >= hi:
             raise ValueError(f"sampler.kwargs.lo: must be below hi={hi}, got {lo}")
-        if min_seen < 1:
-            raise ValueError(f"sampler.kwargs.min_seen: must be >= 1, got {min_seen}")
-        if cooldown is not None and cooldown < 1:
-            raise ValueError(f"sampler.kwargs.cooldown: must be >= 1 step (null: forever), got {cooldown}")
         self.hi, self.lo, self.min_seen, self.cooldown, self.estimate = hi, lo, min_seen, cooldown, estimate
 
     def active(self, step: int) -> np.ndarray:
@@ -105,15 +107,11 @@ class LearnabilitySampler(WeightedSampler):
         stats: PromptStats,
         *,
         seed: int = 0,
-        prior: float = 0.5,
-        floor: float = 0.05,
+        prior: Fraction = 0.5,
+        floor: Fraction = 0.05,
         estimate: Estimate = "ema",
     ) -> None:
         super().__init__(dataset, stats, seed=seed)
-        if not 0 <= prior <= 1:
-            raise ValueError(f"sampler.kwargs.prior: a pass rate in [0, 1], got {prior}")
-        if not 0 <= floor <= 1:
-            raise ValueError(f"sampler.kwargs.floor: a probability in [0, 1], got {floor}")
         self.prior, self.floor, self.estimate = prior, floor, estimate
 
     def weights(self, step: int) -> np.ndarray:
@@ -142,16 +140,16 @@ class HardFocusSampler(WeightedSampler):
         stats: PromptStats,
         *,
         seed: int = 0,
-        max_pass_rate: float = 0.5,
-        min_pass_rate: float = 0.0,
+        max_pass_rate: Fraction = 0.5,
+        min_pass_rate: Fraction = 0.0,
         explore_unseen: bool = True,
         estimate: Estimate = "ema",
     ) -> None:
         super().__init__(dataset, stats, seed=seed)
-        if not 0 <= min_pass_rate < max_pass_rate <= 1:
+        if min_pass_rate >= max_pass_rate:
             raise ValueError(
-                "sampler.kwargs: expected 0 <= min_pass_rate < max_pass_rate <= 1, got "
-                f"{min_pass_rate} and {max_pass_rate}"
+                f"sampler.kwargs.min_pass_rate: must be below max_pass_rate={max_pass_rate}, got "
+                f"{min_pass_rate}"
             )
         self.max_pass_rate, self.min_pass_rate = max_pass_rate, min_pass_rate
         self.explore_unseen, self.estimate = explore_unseen, estimate
@@ -172,15 +170,16 @@ def competence(step: int, pace_steps: int, start: float, pacing: Pacing, levels:
     """The fraction of the difficulty-sorted prompts available at ``step`` (Platanios et al. 2019).
 
     ``linear``: ``start + (1 - start) t / T``; ``root``: ``sqrt(start^2 + (1 - start^2) t / T)``;
-    ``step``: one more of ``levels`` difficulty levels every ``T / levels`` steps, as a fraction of levels
-    (the caller unlocks whole levels). ``t / T`` is capped at 1.
+    ``step``: the first of ``levels`` difficulty levels at t = 0, one more every ``T / (levels - 1)`` steps,
+    all at T, as a fraction of levels (the caller unlocks whole levels; ``start`` is not used).
+    ``t / T`` is capped at 1.
     """
     frac = min(1.0, step / pace_steps)
     if pacing == "linear":
         return start + (1 - start) * frac
     if pacing == "root":
         return math.sqrt(start**2 + (1 - start**2) * frac)
-    return min(levels, 1 + math.floor(frac * levels)) / levels
+    return (1 + math.floor(frac * (levels - 1) + 1e-9)) / levels
 
 
 @SAMPLERS.register("difficulty_schedule")
@@ -188,8 +187,9 @@ class DifficultyScheduleSampler(WeightedSampler):
     """Easy-to-hard pacing over a difficulty column: uniform over the easiest prompts, a growing share.
 
     Prompts are sorted by ``row[field]`` (numbers ascending, or strings in the order of ``levels``; ties in
-    a seeded random order). At step t the first ``ceil(c(t) N)`` are available, with the competence c(t) of
-    :func:`competence` reaching 1 at ``pace_steps``; ``step`` pacing unlocks whole levels
+    a seeded random order). At step t the first ``ceil(c(t) N)`` are available (``linear`` / ``root``), with
+    the competence c(t) of :func:`competence` reaching 1 at ``pace_steps``; ``step`` pacing unlocks whole
+    levels instead, the last one at ``pace_steps``
     (curriculum learning's pacing functions: Bengio et al. 2009; Hacohen & Weinshall 2019; Platanios et al.
     2019).
     """
@@ -200,17 +200,13 @@ class DifficultyScheduleSampler(WeightedSampler):
         stats: PromptStats,
         *,
         seed: int = 0,
-        pace_steps: int,
+        pace_steps: Count,
         field: str = "difficulty",
         pacing: Pacing = "linear",
-        start: float = 0.25,
+        start: Annotated[float, Field(gt=0, le=1)] = 0.25,
         levels: list[str | int | float] | None = None,
     ) -> None:
         super().__init__(dataset, stats, seed=seed)
-        if pace_steps < 1:
-            raise ValueError(f"sampler.kwargs.pace_steps: must be >= 1, got {pace_steps}")
-        if not 0 < start <= 1:
-            raise ValueError(f"sampler.kwargs.start: a fraction in (0, 1], got {start}")
         values = _column(dataset, field, "difficulty_schedule")
         if levels is not None:
             order = {str(v): k for k, v in enumerate(levels)}
@@ -241,7 +237,8 @@ class DifficultyScheduleSampler(WeightedSampler):
             unlocked = round(c * self.num_levels)
             w[self.level_of < unlocked] = 1.0
         else:
-            w[self.order[: max(1, math.ceil(c * len(self.order)))]] = 1.0
+            available = max(1, math.ceil(c * len(self.order) - 1e-9))  # no extra prompt from rounding
+            w[self.order[:available]] = 1.0
         return w
 
 
@@ -266,8 +263,6 @@ class BucketSampler(Sampler):
         name: str,
     ) -> None:
         super().__init__(dataset, stats, seed=seed)
-        if window < 1:
-            raise ValueError(f"sampler.kwargs.window: must be >= 1, got {window}")
         values = [str(v) for v in _column(dataset, field, name)]
         self.buckets = sorted(set(values))
         index = {b: k for k, b in enumerate(self.buckets)}
@@ -311,6 +306,7 @@ class BucketSampler(Sampler):
         for members, count in zip(self.members, counts, strict=True):
             if count:
                 batch.extend(members[weighted_draw_uniform(rng, len(members), int(count))].tolist())
+        batch = [batch[i] for i in rng.permutation(len(batch))]  # mixed, so every process gets all buckets
         sizes = np.array([len(m) for m in self.members], dtype=np.float64)
         per_prompt = np.repeat(probs / sizes, sizes.astype(int))  # uniform within a bucket
         self.last_metrics = {
@@ -324,8 +320,8 @@ class BucketSampler(Sampler):
         return {
             **super().state_dict(),
             "buckets": self.buckets,
-            "history": self.history,
-            "measured": self.measured,
+            "history": [[list(entry) for entry in h] for h in self.history],
+            "measured": list(self.measured),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -361,12 +357,10 @@ class ALPSampler(BucketSampler):
         *,
         seed: int = 0,
         field: str = "difficulty",
-        window: int = 2,
-        explore: float = 0.2,
+        window: Count = 2,
+        explore: Fraction = 0.2,
     ) -> None:
         super().__init__(dataset, stats, seed=seed, field=field, window=window, name="alp")
-        if not 0 <= explore <= 1:
-            raise ValueError(f"sampler.kwargs.explore: a probability in [0, 1], got {explore}")
         self.explore = explore
 
     def bucket_probabilities(self, step: int) -> np.ndarray:
@@ -398,12 +392,12 @@ class MixtureSampler(BucketSampler):
         stats: PromptStats,
         *,
         seed: int = 0,
-        weights: dict[str, float] | None = None,
+        weights: dict[str, Annotated[float, Field(ge=0)]] | None = None,
         adaptive: bool = False,
         field: str = "data_source",
-        window: int = 2,
-        ucb_c: float = 0.5,
-        floor: float = 0.1,
+        window: Count = 2,
+        ucb_c: Annotated[float, Field(ge=0)] = 0.5,
+        floor: Fraction = 0.1,
     ) -> None:
         super().__init__(dataset, stats, seed=seed, field=field, window=window, name="mixture")
         if weights is None and not adaptive:
@@ -418,8 +412,6 @@ class MixtureSampler(BucketSampler):
                 )
             if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
                 raise ValueError("sampler.kwargs.weights: expected non-negative weights, not all zero")
-        if not 0 <= floor <= 1:
-            raise ValueError(f"sampler.kwargs.floor: a probability in [0, 1], got {floor}")
         raw = np.array([(weights or {}).get(b, 0.0 if weights else 1.0) for b in self.buckets])
         self.prior = raw / raw.sum()
         self.adaptive, self.ucb_c, self.floor = adaptive, ucb_c, floor

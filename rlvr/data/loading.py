@@ -25,6 +25,7 @@ columns, prompt template) when the recipe loads, before any model does.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import math
@@ -69,6 +70,14 @@ class PromptDataset:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows)
+
+    def fingerprint(self) -> str:
+        """sha256 of every row's source, prompt and answer, in order: per-prompt statistics are keyed by
+        position, so processes and a resumed run must hold the same prompts in the same order."""
+        digest = hashlib.sha256()
+        for row in self.rows:
+            digest.update(json.dumps([row["data_source"], row["prompt"], row["answer"]]).encode())
+        return digest.hexdigest()
 
 
 class _InvalidRow(Exception):
@@ -136,7 +145,11 @@ _SOURCE_KEY = re.compile(r"data\.(path|split|subset|prompt_field|answer_field|li
 
 def source_key(key: str, i: int) -> str:
     """``data.path`` -> ``data.sources[i].path`` for the keys a source sets; others stay data keys."""
-    return _SOURCE_KEY.sub(lambda m: f"data.sources[{i}].{m.group(1)}", key)
+    return _SOURCE_KEY.sub(lambda m: f"data.sources[{i}].{_OWN_KEY.get(m.group(1), m.group(1))}", key)
+
+
+_OWN_KEY = {"source": "name"}
+"""data keys a source calls otherwise."""
 
 
 def source_config(cfg: DataConfig, source: Any) -> DataConfig:

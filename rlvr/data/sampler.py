@@ -151,6 +151,11 @@ class WeightedSampler(Sampler):
 
     def probabilities(self, step: int) -> np.ndarray:
         w = np.asarray(self.weights(step), dtype=np.float64)
+        if w.shape != (len(self.dataset),) or not (np.isfinite(w).all() and (w >= 0).all()):
+            raise ValueError(
+                f"sampler {type(self).__name__}: weights() must give one finite weight >= 0 per prompt "
+                f"({len(self.dataset)}), got shape {w.shape} with min {np.nanmin(w) if w.size else None}"
+            )
         total = w.sum()
         return w / total if total > 0 else np.full(len(w), 1.0 / len(w))
 
@@ -198,14 +203,13 @@ class RandomSampler(Sampler):
         self.last_metrics = {"active_prompts": float(count), "entropy": math.log(count)}
         batch: list[int] = []
         while len(batch) < n:
-            order = self._epoch_order()
-            while self.position < len(order) and len(batch) < n:
-                i = int(order[self.position])
-                self.position += 1
-                if active[i]:
-                    batch.append(i)
-            if self.position >= len(order):
-                self.epoch, self.position, self._order = self.epoch + 1, 0, None
+            rest = self._epoch_order()[self.position :]
+            hits = np.flatnonzero(active[rest])[: n - len(batch)]  # the active prompts, in order
+            batch.extend(rest[hits].tolist())
+            if len(batch) < n or (len(hits) and hits[-1] + 1 == len(rest)):
+                self.epoch, self.position, self._order = self.epoch + 1, 0, None  # this epoch is used up
+            else:
+                self.position += int(hits[-1]) + 1
         return batch
 
     def state_dict(self) -> dict[str, Any]:

@@ -122,7 +122,7 @@ class PromptStats:
             "ema": self.ema[seen].tolist(),
             "samples": self.samples[seen].tolist(),
             "mean_length": self.mean_length[seen].tolist(),
-            "recent": [self.recent[int(i)] for i in seen],
+            "recent": [list(self.recent[int(i)]) for i in seen],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -18,6 +18,12 @@ the configuration against the task's config class when the recipe loads. Score t
 from __future__ import annotations
 
 import dataclasses
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 
@@ -71,18 +77,52 @@ def task_rows(
     columns: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """``size`` rows of ``task``: ``{prompt_field: question, answer_field: answer, "task": task,
-    "metadata": the task's metadata, **columns}``."""
+    "task_config": config, "metadata": the task's metadata, **columns}``, the same on every process and in
+    every run for the same arguments."""
     check_task(task, config)
-    import reasoning_gym
-
-    dataset = reasoning_gym.create_dataset(task, size=size, seed=seed, **config)
     return [
         {
             prompt_field: entry["question"],
             answer_field: entry["answer"],
             "task": task,
+            "task_config": dict(config),
             "metadata": entry["metadata"],
             **columns,
         }
-        for entry in dataset
+        for entry in _generate_in_child(task, size, seed, config)
     ]
+
+
+def _generate_in_child(task: str, size: int, seed: int, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The task's entries, generated in a fresh interpreter with ``PYTHONHASHSEED=0``: some tasks iterate
+    over sets of strings, whose order follows the per-process hash seed, so generating in place could give
+    each training process (and a resumed run) other rows for the same seed."""
+    with tempfile.TemporaryDirectory() as folder:
+        request, result = Path(folder, "request.pkl"), Path(folder, "rows.pkl")
+        request.write_bytes(pickle.dumps((task, size, seed, config)))
+        proc = subprocess.run(
+            [sys.executable, "-m", "rlvr.data.tasks", str(request), str(result)],
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            capture_output=True,
+            text=True,
+            timeout=_GENERATE_TIMEOUT_S,
+        )
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise TaskError(f"generating {size} rows of {task} with config {config} failed: {last}")
+        return pickle.loads(result.read_bytes())
+
+
+_GENERATE_TIMEOUT_S = 1800
+
+
+def _generate(request: Path, result: Path) -> None:
+    import reasoning_gym
+
+    task, size, seed, config = pickle.loads(request.read_bytes())
+    dataset = reasoning_gym.create_dataset(task, size=size, seed=seed, **config)
+    result.write_bytes(pickle.dumps([dict(entry) for entry in dataset]))
+
+
+if __name__ == "__main__":
+    _generate(Path(sys.argv[1]), Path(sys.argv[2]))

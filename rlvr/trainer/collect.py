@@ -169,7 +169,8 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
         rounds += 1
         zero_variance += sum(len(set(g.rewards)) <= 1 for g in generated)
         generated_groups += len(generated)
-        curriculum = curriculum or _batch_metrics(t, drawn)  # estimates before this step's results
+        if rounds == 1:
+            curriculum = _batch_metrics(t, drawn)  # the first draw, estimates before this step's results
         _update_sampler(t, recipe, generated)
         if not ds.enabled:
             kept = generated

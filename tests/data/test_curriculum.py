@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -153,7 +154,19 @@ def test_competence_pacing_functions_by_hand():
     assert competence(4, 10, 0.25, "linear", 3) == pytest.approx(0.55)
     assert competence(20, 10, 0.25, "linear", 3) == 1.0
     assert competence(5, 10, 0.25, "root", 3) == pytest.approx(math.sqrt(0.0625 + 0.9375 * 0.5))
-    assert [competence(s, 9, 0.25, "step", 3) for s in (0, 2, 3, 6, 9)] == [1 / 3, 1 / 3, 2 / 3, 1, 1]
+    # step: level 1 at t = 0, one more every T / (levels - 1) = 4.5 steps, all three at T = 9
+    assert [competence(s, 9, 0.25, "step", 3) for s in (0, 4, 5, 8, 9, 20)] == [
+        1 / 3,
+        1 / 3,
+        2 / 3,
+        2 / 3,
+        1,
+        1,
+    ]
+    # rounding: 2/3 of 9 prompts is 6, not 7 (ceil of 6.000000000000001)
+    data = rows(9, difficulty=list(range(9)))
+    linear = make_sampler("difficulty_schedule", data, pace_steps=9, start=1 / 3)
+    assert len(np.flatnonzero(linear.probabilities(step=4.5))) == 6
 
 
 def test_difficulty_schedule_unlocks_the_easiest_first():
@@ -179,9 +192,10 @@ def test_difficulty_schedule_step_pacing_over_named_levels():
         pacing="step",
         levels=["easy", "medium", "hard"],
     )
-    assert np.flatnonzero(sampler.probabilities(step=1)).tolist() == [1, 3]
-    assert np.flatnonzero(sampler.probabilities(step=2)).tolist() == [1, 2, 3, 4]
-    assert np.flatnonzero(sampler.probabilities(step=4)).tolist() == [0, 1, 2, 3, 4, 5]
+    assert np.flatnonzero(sampler.probabilities(step=2)).tolist() == [1, 3]
+    assert np.flatnonzero(sampler.probabilities(step=3)).tolist() == [1, 2, 3, 4]
+    assert np.flatnonzero(sampler.probabilities(step=5)).tolist() == [1, 2, 3, 4]
+    assert np.flatnonzero(sampler.probabilities(step=6)).tolist() == [0, 1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize(
@@ -298,3 +312,42 @@ def test_every_sampler_continues_exactly_from_its_state(name):
     assert all(len(b) == 4 and 0 <= min(b) and max(b) < 12 for b in expected)
     metrics = resumed.metrics()
     assert 1 <= metrics["active_prompts"] <= 12 and metrics["entropy"] <= math.log(12) + 1e-9
+
+
+def test_bucket_batches_are_mixed_so_every_process_gets_every_bucket():
+    sampler = make_sampler("alp", bucket_rows(), seed=0, field="task", window=1, explore=1.0)
+    for _ in range(10):
+        buckets = [i // 3 for i in ids(sampler.next_batch(6))]
+        if buckets != sorted(buckets):
+            return
+    pytest.fail("every batch came out sorted by bucket: shard() would hand one process the easy bucket")
+
+
+def test_value_constraints_are_checked_with_the_arguments():
+    from rlvr.registry import PluginArgumentError
+
+    for name, kwargs, message in [
+        ("learnability", {"floor": 1.5}, "expects float, got 1.5 (Input should be less than or equal to 1)"),
+        ("pass_rate_filter", {"cooldown": 0}, "expects int | None, got 0 (Input should be greater than"),
+        (
+            "difficulty_schedule",
+            {"pace_steps": 3, "start": 0},
+            "expects float, got 0 (Input should be greater",
+        ),
+        ("mixture", {"weights": {"d": -1}}, "expects dict[str, float] | None"),
+    ]:
+        with pytest.raises(PluginArgumentError, match=re.escape(message)):
+            SAMPLERS.bind(name, kwargs)
+    with pytest.raises(ValueError, match=r"sampler.kwargs.lo: must be below hi=0.5, got 0.5"):
+        make_sampler("pass_rate_filter", rows(2), hi=0.5, lo=0.5)  # across keys: when the sampler is built
+
+
+def test_bad_weights_from_a_sampler_are_a_clear_error():
+    from rlvr.data.sampler import WeightedSampler
+
+    class Broken(WeightedSampler):
+        def weights(self, step):
+            return np.array([1.0, np.nan, 1.0])
+
+    with pytest.raises(ValueError, match=r"Broken: weights\(\) must give one finite weight >= 0 per prompt"):
+        Broken(rows(3), PromptStats(["d"] * 3)).next_batch(2)

@@ -37,9 +37,10 @@ def test_scores_with_the_tasks_own_check():
         wrong = reasoning_gym_verifier(f"<answer>{int(row['answer']) + 1}</answer>", row)
         assert (right.score, wrong.score) == (1.0, 0.0) and right.info == {"extracted": row["answer"]}
     assert reasoning_gym_verifier("I do not know", rows("basic_arithmetic")[0]).score == 0.0
-    # a task whose check is not string equality: letter counting, answer "3" vs " 3 " and "three"
+    # another task, answered on the last line
     row = rows("letter_counting")[0]
     assert reasoning_gym_verifier(f"counting...\n{row['answer']}", row).score == 1.0
+    assert reasoning_gym_verifier(f"counting...\n{int(row['answer']) + 1}", row).score == 0.0
 
 
 def test_a_row_without_task_fails_one_sample_not_the_run():
@@ -51,3 +52,28 @@ def test_a_row_without_task_fails_one_sample_not_the_run():
         scorer.close()
     assert list(batch.scores) == [1.0, 0.0]
     assert batch.failures == 1 and "no 'task' and 'metadata'" in batch.infos[1]["reasoning_gym"]["error"]
+
+
+def test_task_rows_do_not_depend_on_the_process_hash_seed():
+    """word_ladder's rows follow set iteration order: generated in place, two processes would disagree."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from rlvr.data.tasks import task_rows; "
+        "rows = task_rows('word_ladder', size=15, seed=3, config={}, prompt_field='p', answer_field='a', "
+        "columns={}); print(json.dumps([(r['p'], r['a']) for r in rows]))"
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert outputs[0] == outputs[1] and len(json.loads(outputs[0])) == 15
