@@ -5,11 +5,12 @@ against generated tokens, zero-variance groups and wall time (the measurement in
         --samplers random,learnability --seeds 0,1 --out runs/compare [-- key=value ...]
     python scripts/compare_curricula.py report runs/compare        # markdown tables + accuracy_vs_tokens.png
 
-``run`` trains ``OUT/<sampler>-s<seed>`` one after another (skipping runs that already finished), each with
-the recipe's settings and ``sampler.name=<sampler>`` (so the recipe must not set ``sampler.kwargs``: they
-belong to one sampler), then evaluates its final model with ``rlvr eval`` on the recipe's eval benchmarks
-(greedy, per-difficulty breakdown) into ``OUT/<run>/eval`` (the first benchmark is reported). Extra
-``key=value`` overrides go to every run.
+``run`` first evaluates the recipe's model itself into ``OUT/base/eval`` (the starting point), then trains
+``OUT/<sampler>-s<seed>`` one after another (skipping runs that already finished), each with the recipe's
+settings and ``sampler.name=<sampler>`` (so the recipe must not set ``sampler.kwargs``: they belong to one
+sampler), then evaluates its final model with ``rlvr eval`` on the recipe's eval benchmarks (greedy,
+per-difficulty breakdown) into ``OUT/<run>/eval`` (the first benchmark is reported). Extra ``key=value``
+overrides go to every run.
 
 ``report`` reads every run's ``metrics.jsonl`` (held-out accuracy during training from ``eval.every``,
 generated tokens per step = response/length_mean x samples) and ``eval/<benchmark>/summary.json``, and prints:
@@ -40,6 +41,13 @@ def _run(args: argparse.Namespace) -> None:
     benchmarks = (recipe.get("eval") or {}).get("benchmarks", [])
     out = Path(args.out)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if not list(out.glob("base/eval/*/summary.json")):  # the starting point: the recipe's model itself
+        model = recipe["model"]["name_or_path"]
+        evaluate = [sys.executable, "-m", "rlvr.cli", "eval", model, "--benchmarks", ",".join(benchmarks)]
+        evaluate += ["--out", str(out / "base" / "eval")]
+        print("+", " ".join(evaluate), flush=True)
+        with (out / "base.eval.log").open("w") as log:
+            subprocess.run(evaluate, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     for seed in [int(s) for s in args.seeds.split(",")]:
         for sampler in args.samplers.split(","):
             run_dir = out / f"{sampler}-s{seed}"
@@ -85,8 +93,10 @@ def _load(run_dir: Path) -> dict:
 
 
 def _accuracy_curve(run: dict) -> list[tuple[float, float]]:
-    """(tokens generated so far, held-out pass@1) at every evaluation during training."""
-    return [
+    """(tokens generated so far, held-out pass@1) at every evaluation during training (and before it, when
+    the base model was evaluated)."""
+    first = [(0.0, run["start"])] if run.get("start") is not None else []
+    return first + [
         (tokens, row[key])
         for row, tokens in zip(run["rows"], run["tokens"], strict=True)
         for key in row
@@ -101,8 +111,16 @@ def _tokens_to_reach(curve: list[tuple[float, float]], target: float) -> float |
 def _report(args: argparse.Namespace) -> None:
     out = Path(args.out)
     runs = {
-        d.name: _load(d) for d in sorted(out.iterdir()) if d.is_dir() and list(d.glob("eval/*/summary.json"))
+        d.name: _load(d)
+        for d in sorted(out.iterdir())
+        if d.is_dir() and d.name != "base" and list(d.glob("eval/*/summary.json"))
     }
+    base = sorted(out.glob("base/eval/*/summary.json"))
+    start = json.loads(base[0].read_text())["metrics"]["pass@1"]["value"] if base else None
+    if start is not None:
+        print(f"the model before training: held-out pass@1 {start:.1%}\n")
+        for run in runs.values():
+            run["start"] = start
     if not runs:
         raise SystemExit(f"{out}: no finished runs")
     print("| run | tokens | held-out pass@1 | by difficulty | zero-variance groups | wall |")

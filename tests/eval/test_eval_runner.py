@@ -248,14 +248,16 @@ def test_evaluate_for_training_reuses_the_engine(tmp_path, tiny_tokenizer):
     metrics = evaluate(engine, tiny_tokenizer, spec, limit=3, n=2, num_workers=0)
     assert engine.calls == [3]
     assert metrics["eval/toy/pass@1"] == 1.0 and metrics["eval/toy/avg@n"] == 1.0
+    overall = {"pass@1", "pass@2", "maj@2", "avg@n"}
+    topics = {problem.groups["topic"] for problem in problems.problems[:3]}
     assert set(metrics) == {
-        "eval/toy/pass@1",
-        "eval/toy/pass@2",
-        "eval/toy/maj@2",
-        "eval/toy/avg@n",
+        *(f"eval/toy/{name}" for name in overall),
         "eval/toy/response_tokens",
         "eval/toy/truncated_frac",
+        # every metric per value of the spec's breakdown field
+        *(f"eval/toy/topic/{topic}/{name}" for topic in topics for name in overall),
     }
+    assert len(topics) == 2 and all(metrics[f"eval/toy/topic/{t}/pass@1"] == 1.0 for t in topics)
 
 
 def test_humaneval_spec_runs_through_the_code_verifier(tiny_tokenizer):
