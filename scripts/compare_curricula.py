@@ -2,14 +2,14 @@
 against generated tokens, zero-variance groups and wall time (the measurement in docs/curriculum.md).
 
     python scripts/compare_curricula.py run recipes/curriculum/learnability_arithmetic_levels.yaml \
-        --samplers random,learnability --seeds 0,1 --out runs/compare [-- key=value ...]
+        --samplers random,learnability --seeds 0,1 --out runs/compare [--set key=value ...]
     python scripts/compare_curricula.py report runs/compare        # markdown tables + accuracy_vs_tokens.png
 
 ``run`` first evaluates the recipe's model itself into ``OUT/base/eval`` (the starting point), then trains
 ``OUT/<sampler>-s<seed>`` one after another (skipping runs that already finished), each with the recipe's
 settings and ``sampler.name=<sampler>`` (so the recipe must not set ``sampler.kwargs``: they belong to one
 sampler), then evaluates its final model with ``rlvr eval`` on the recipe's eval benchmarks (greedy,
-per-difficulty breakdown) into ``OUT/<run>/eval`` (the first benchmark is reported). Extra ``key=value``
+per-difficulty breakdown) into ``OUT/<run>/eval`` (the first benchmark is reported). ``--set key=value``
 overrides go to every run.
 
 ``report`` reads every run's ``metrics.jsonl`` (held-out accuracy during training from ``eval.every``,
@@ -184,7 +184,14 @@ def main() -> None:
     run.add_argument("--samplers", default="random,learnability")
     run.add_argument("--seeds", default="0,1")
     run.add_argument("--out", default="runs/compare")
-    run.add_argument("overrides", nargs="*", help="key=value overrides for every run (after --)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe override for every run (repeatable)",
+    )
     report = sub.add_parser("report", help="tables and a plot from finished runs")
     report.add_argument("out")
     args = parser.parse_args()
