@@ -13,7 +13,8 @@ RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" n
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_recipe_loads_and_has_a_launch_header(path):
     recipe = load_recipe(path)
-    assert Path(recipe.data.path).is_file()
+    files = [recipe.data.path] if recipe.data.path else [s.path for s in recipe.data.sources if s.path]
+    assert files and all(Path(f).is_file() for f in files)
     header = path.read_text().split("\n\n")[0]
     assert "rlvr.train" in header or "rlvr train" in header, "recipe header must give the launch command"
 
