@@ -37,5 +37,7 @@ def test_recipe_runs_one_step_on_the_tiny_model(tmp_path, recipe):
     run([sys.executable, "-m", "rlvr.train", str(ROOT / recipe), *overrides])
     (row,) = metrics(out)
     assert all(math.isfinite(v) for v in row.values()), row
-    assert row["actor/grad_norm"] > 0
+    # a gradient, unless every group's rewards were equal (the tiny model failed every prompt drawn: GRPO
+    # then has nothing to learn from, which is right, and the curriculum metrics say so)
+    assert row["actor/grad_norm"] > 0 or row["curriculum/zero_variance_frac"] == 1.0, row
     assert not undocumented(row), "add these metrics to docs/metrics.md"
