@@ -27,7 +27,7 @@ from transformers import AutoTokenizer
 
 from rlvr.algorithms import ADVANTAGES, POLICY_LOSSES, AdvantageInputs
 from rlvr.config import Recipe, RecipeError, dump_recipe, load_recipe
-from rlvr.data import SAMPLERS, PromptStats, load_prompts
+from rlvr.data import PromptStats, load_prompts, make_sampler
 from rlvr.models import resolve_model
 from rlvr.rollout import ENGINES, EngineOptions, RolloutEngine
 from rlvr.scoring import RewardSpec, Scorer, ScoringError, build_reward_model
@@ -246,8 +246,7 @@ def make_curriculum(recipe: Recipe, dataset) -> tuple[PromptStats, object]:
     s = recipe.sampler
     stats = PromptStats([row["data_source"] for row in dataset], ema_weight=s.ema_weight, window=s.window)
     try:
-        kwargs = SAMPLERS.bind(s.name, s.kwargs)
-        sampler = SAMPLERS.get(s.name)(dataset, stats, seed=recipe.run.seed, **kwargs)
+        sampler = make_sampler(s.name, dataset, stats, seed=recipe.run.seed, **s.kwargs)
     except ValueError as exc:
         message = str(exc)
         if not message.startswith("sampler."):

@@ -305,7 +305,7 @@ class BucketSampler(Sampler):
         batch: list[int] = []
         for members, count in zip(self.members, counts, strict=True):
             if count:
-                batch.extend(members[weighted_draw_uniform(rng, len(members), int(count))].tolist())
+                batch.extend(members[uniform_draw(rng, len(members), int(count))].tolist())
         batch = [batch[i] for i in rng.permutation(len(batch))]  # mixed, so every process gets all buckets
         sizes = np.array([len(m) for m in self.members], dtype=np.float64)
         per_prompt = np.repeat(probs / sizes, sizes.astype(int))  # uniform within a bucket
@@ -332,7 +332,7 @@ class BucketSampler(Sampler):
         self.measured = [int(m) for m in state["measured"]]
 
 
-def weighted_draw_uniform(rng: np.random.Generator, size: int, n: int) -> np.ndarray:
+def uniform_draw(rng: np.random.Generator, size: int, n: int) -> np.ndarray:
     """``n`` of ``range(size)`` uniformly: without replacement while they last, then again."""
     picks = [rng.permutation(size) for _ in range(-(-n // size))]
     return np.concatenate(picks)[:n]
