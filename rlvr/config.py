@@ -172,6 +172,20 @@ class DataConfig(_Section):
     source: str | None = None
     """Name of these prompts in per-source statistics and curriculum metrics (the rows' ``data_source``);
     default: a row's own ``data_source`` column where it has one, else the file or dataset name."""
+    format: Literal["prompts", "pairs", "unpaired"] = "prompts"
+    """prompts: prompts with gold answers, for RL (and online preference pairs). pairs: (prompt, chosen,
+    rejected) rows for offline preference training. unpaired: (prompt, completion, label) rows for KTO
+    (docs/preference.md). Prompts and responses are text or lists of chat messages."""
+    chosen_field: str = "chosen"
+    """format pairs: row field holding the preferred response."""
+    rejected_field: str = "rejected"
+    """format pairs: row field holding the dispreferred response."""
+    completion_field: str = "completion"
+    """format unpaired: row field holding the response."""
+    label_field: str = "label"
+    """format unpaired: row field holding whether the response is desirable (true/false or 1/0)."""
+    max_response_tokens: int = Field(512, ge=1)
+    """format pairs / unpaired: responses are truncated to this many tokens (counted in the load report)."""
 
 
 class SamplerConfig(_Section):
@@ -335,7 +349,29 @@ class CriticConfig(_Section):
     """Value clipping around the rollout-time values (PPO2); None disables it."""
 
 
+class PreferenceConfig(_Section):
+    loss: str = "dpo"
+    """Preference loss (registry: rlvr.algorithms.PREFERENCE_LOSSES): dpo, ipo, simpo, orpo, rpo, kto,
+    inpo."""
+    loss_kwargs: dict[str, Any] = {}
+    """Hyperparameters of the loss, e.g. {beta: 0.1, label_smoothing: 0.1}."""
+    pairing: Literal["all", "best_worst"] = "all"
+    """Online (data.format: prompts): how the G scored samples of a prompt become pairs: every pair whose
+    rewards differ by more than min_margin (correct x incorrect), or the best against the worst."""
+    min_margin: float = Field(0.0, ge=0)
+    """Online: a pair's chosen reward must exceed its rejected reward by more than this."""
+    max_pairs_per_group: int | None = Field(None, ge=1)
+    """Online: at most this many pairs per prompt (spread over its chosen samples); None: all."""
+    precompute_reference: bool = False
+    """Offline: compute the reference log-probs of every row in one pass before training, then free the
+    reference model (memory for the steps; costs one pass over the data)."""
+
+
 class AlgorithmConfig(_Section):
+    preference: PreferenceConfig | None = None
+    """Preference optimisation (docs/preference.md) instead of a policy-gradient loss: offline from a pair
+    dataset (data.format: pairs / unpaired), or online from pairs of each prompt's verifier-scored samples
+    (data.format: prompts). The advantage, policy loss, KL and entropy settings do not apply."""
     advantage: str = "grpo"
     """Advantage estimator (registry: rlvr.algorithms.ADVANTAGES)."""
     advantage_kwargs: dict[str, Any] = {}
@@ -405,6 +441,9 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    pairs: str | None = None
+    """Offline preference training: held-out rows in the training data's format and fields, scored every
+    ``every`` steps (before the first and after the last too): eval/pairs/rewards/accuracy, margin, loss."""
     every: int = Field(0, ge=0)
     """Evaluate the policy every N steps (and after the last step) on held-out benchmarks, through the
     rollout engine that already holds the current weights; 0 never. Metrics: eval/<benchmark>/...."""
@@ -679,6 +718,7 @@ def _check_references(
                 key, message = problem
                 raise RecipeError(f"{where(key)}: {message}")
     _check_sources(data, base_dir, where)
+    _check_preference(recipe, base_dir, where)
     for key, section, field in (
         ("model.name_or_path", recipe.model, "name_or_path"),
         ("algorithm.critic.model", algo.critic, "model"),
@@ -739,6 +779,67 @@ def _check_sources(data: DataConfig, base_dir: Path, where: Callable[[str], str]
         names[name] = i
 
 
+def _check_preference(recipe: Recipe, base_dir: Path, where: Callable[[str], str]) -> None:
+    """The preference settings fit the data: a pair dataset needs algorithm.preference, KTO and unpaired
+    rows go together, online pairs need whole prompt groups per micro-batch, the held-out pairs exist."""
+    from rlvr.algorithms import PREFERENCE_LOSSES
+    from rlvr.algorithms.utils import needs_of
+
+    data, pref = recipe.data, recipe.algorithm.preference
+    if data.format != "prompts" and pref is None:
+        raise RecipeError(
+            f"{where('data.format')}: {data.format!r} rows train a preference loss; set "
+            "algorithm.preference (e.g. {loss: dpo}) or use data.format: prompts for RL"
+        )
+    if recipe.eval.pairs is not None and data.format == "prompts":
+        raise RecipeError(f"{where('eval.pairs')}: held-out pairs score offline preference training only")
+    if pref is None:
+        return
+    if pref.loss not in PREFERENCE_LOSSES:
+        known = ", ".join(PREFERENCE_LOSSES.names())
+        raise RecipeError(f"{where('algorithm.preference.loss')}: unknown name {pref.loss!r}; known: {known}")
+    if data.sources and data.format != "prompts":
+        raise RecipeError(
+            f"{where('data.sources')}: preference data comes from data.path (one file or dataset)"
+        )
+    unpaired = pref.loss == "kto"
+    if data.format == "unpaired" and not unpaired:
+        raise RecipeError(
+            f"{where('algorithm.preference.loss')}: unpaired rows (data.format: unpaired) train 'kto'; "
+            f"{pref.loss!r} compares a chosen with a rejected response (data.format: pairs)"
+        )
+    if unpaired and data.format != "unpaired":
+        raise RecipeError(
+            f"{where('data.format')}: 'kto' learns from unpaired (prompt, completion, label) rows: set "
+            "data.format: unpaired"
+        )
+    if pref.precompute_reference and "kl_logps" in needs_of(PREFERENCE_LOSSES.get(pref.loss)):
+        raise RecipeError(
+            f"{where('algorithm.preference.precompute_reference')}: 'kto' compares each step's responses "
+            "with other prompts under the reference, so its reference log-probs cannot be computed ahead"
+        )
+    if data.format == "prompts":
+        group = recipe.rollout.num_generations
+        if group < 2:
+            raise RecipeError(
+                f"{where('rollout.num_generations')}: online preference pairs compare the samples of a "
+                "prompt; use at least 2"
+            )
+        micro = min(recipe.train.micro_batch_size, recipe.train.prompts_per_step * group)
+        if micro % group:
+            raise RecipeError(
+                f"{where('train.micro_batch_size')}: online preference pairs are built inside each prompt's "
+                f"group, so a micro-batch must hold whole groups: use a multiple of "
+                f"rollout.num_generations={group}, got {recipe.train.micro_batch_size}"
+            )
+    if recipe.eval.pairs is not None:
+        path = resolve_local(recipe.eval.pairs, base_dir)
+        if path is None and looks_local(recipe.eval.pairs):
+            raise RecipeError(f"{where('eval.pairs')}: file not found: {recipe.eval.pairs}")
+        if path is not None:
+            recipe.eval.pairs = str(path)
+
+
 def _check_plugin_arguments(
     recipe: Recipe, base_dir: Path, where: Callable[[str], str] | None = None
 ) -> None:
@@ -751,6 +852,7 @@ def _check_plugin_arguments(
         ENTROPY_CONTROLLERS,
         KL_CONTROLLERS,
         POLICY_LOSSES,
+        PREFERENCE_LOSSES,
         TOKEN_WEIGHTS,
     )
     from rlvr.data import SAMPLERS
@@ -761,6 +863,16 @@ def _check_plugin_arguments(
     checks = [
         ("sampler.kwargs", lambda: SAMPLERS.bind(recipe.sampler.name, recipe.sampler.kwargs)),
         ("algorithm.advantage_kwargs", lambda: ADVANTAGES.bind(algo.advantage, algo.advantage_kwargs)),
+        *(
+            [
+                (
+                    "algorithm.preference.loss_kwargs",
+                    lambda: PREFERENCE_LOSSES.bind(algo.preference.loss, algo.preference.loss_kwargs),
+                )
+            ]
+            if algo.preference is not None and algo.preference.loss in PREFERENCE_LOSSES
+            else []
+        ),
         (
             "algorithm.policy_loss_kwargs",
             lambda: POLICY_LOSSES.bind(algo.policy_loss, algo.policy_loss_kwargs),

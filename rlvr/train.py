@@ -537,7 +537,12 @@ def _trainer_state(t: Trainer) -> dict:
 
 
 def train(recipe: Recipe) -> Path:
-    """Run ``recipe`` to completion; returns the run directory."""
+    """Run ``recipe`` to completion; returns the run directory. A preference dataset (``data.format``
+    pairs / unpaired) is trained offline by :func:`rlvr.preference.train_offline`."""
+    if recipe.data.format != "prompts":
+        from rlvr.preference import train_offline
+
+        return train_offline(recipe)
     t = build(recipe)
     run_dir = Path(recipe.run.output_dir)
     acc = t.accelerator

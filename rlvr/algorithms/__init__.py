@@ -1,12 +1,14 @@
 """RL algorithm building blocks as pure tensor functions.
 
-Four plug-in families, each looked up by name from a recipe:
+Five plug-in families, each looked up by name from a recipe:
 
 * :data:`ADVANTAGES` - advantage estimators, ``fn(AdvantageInputs, **hparams) -> [N, T]``;
 * :data:`POLICY_LOSSES` - surrogate losses,
   ``fn(logprobs, old_logprobs, advantages, mask, **hparams) -> ([N, T], metrics)``;
 * :data:`KL_ESTIMATORS` - per-token KL estimates, ``fn(logprobs, ref_logprobs, **hparams) -> [N, T]``;
-* :data:`LOSS_AGGREGATIONS` - the modes of :func:`aggregate`, the only place a loss is reduced.
+* :data:`LOSS_AGGREGATIONS` - the modes of :func:`aggregate`, the only place a loss is reduced;
+* :data:`PREFERENCE_LOSSES` - the DPO family on per-sequence log-probs,
+  ``fn(PreferenceInputs, **hparams) -> ([P], metrics)`` (:mod:`rlvr.algorithms.preference`).
 
 ``N`` is the number of responses (prompts times samples per prompt), ``T`` the padded response length.
 """
@@ -51,6 +53,12 @@ from rlvr.algorithms.policy_losses import (
     ppo_clip_loss,
     reinforce_loss,
 )
+from rlvr.algorithms.preference import (
+    PREFERENCE_LOSSES,
+    PreferenceInputs,
+    PreferenceLossFn,
+    build_pairs,
+)
 from rlvr.algorithms.shaping import group_order, informative_groups, soft_overlong_penalty
 from rlvr.algorithms.token_weights import (
     TOKEN_WEIGHTS,
@@ -84,6 +92,7 @@ __all__ = [
     "LOSS_AGGREGATIONS",
     "PLUGIN_FAMILIES",
     "POLICY_LOSSES",
+    "PREFERENCE_LOSSES",
     "TOKEN_WEIGHTS",
     "AdaptiveEntropyController",
     "AdaptiveKLController",
@@ -95,11 +104,14 @@ __all__ = [
     "GroupStatistics",
     "KLEstimatorFn",
     "PolicyLossFn",
+    "PreferenceInputs",
+    "PreferenceLossFn",
     "TokenWeightFn",
     "TokenWeightInputs",
     "aggregate",
     "aggregation_counts",
     "batch_norm_advantages",
+    "build_pairs",
     "cispo_loss",
     "clip_cov_loss",
     "combine_token_weights",

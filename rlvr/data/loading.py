@@ -61,6 +61,8 @@ class PromptDataset:
     source: str
     skipped: dict[str, int] = field(default_factory=dict)
     """Number of skipped rows per reason."""
+    fingerprint_keys: tuple[str, ...] = ("data_source", "prompt", "answer")
+    """The row keys :meth:`fingerprint` hashes (preference rows: their responses instead of an answer)."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -72,11 +74,12 @@ class PromptDataset:
         return iter(self.rows)
 
     def fingerprint(self) -> str:
-        """sha256 of every row's source, prompt and answer, in order: per-prompt statistics are keyed by
-        position, so processes and a resumed run must hold the same prompts in the same order."""
+        """sha256 of every row's source, prompt and answer (:attr:`fingerprint_keys`), in order: per-prompt
+        statistics are keyed by position, so processes and a resumed run must hold the same prompts in the
+        same order."""
         digest = hashlib.sha256()
         for row in self.rows:
-            digest.update(json.dumps([row["data_source"], row["prompt"], row["answer"]]).encode())
+            digest.update(json.dumps([row[key] for key in self.fingerprint_keys]).encode())
         return digest.hexdigest()
 
 
@@ -452,7 +455,12 @@ def check_data_file(cfg: DataConfig) -> tuple[str, str] | None:
             return "data.path", f"{path} holds no rows; {_EXPECTED_ROWS}"
     else:
         return None
-    problem = columns_problem(columns, cfg)
+    if cfg.format == "prompts":
+        problem = columns_problem(columns, cfg)
+    else:
+        from rlvr.data.pairs import columns_problem as pair_columns_problem
+
+        problem = pair_columns_problem(columns, cfg)
     if problem is None:
         return None
     key, message = problem

@@ -53,6 +53,22 @@ class UpdateContext:
             )
 
 
+def backward_and_step(ctx: UpdateContext, loss: torch.Tensor) -> torch.Tensor | None:
+    """Backward of one micro-batch's (scaled) loss inside ``accelerator.accumulate``; on the last micro-batch
+    of an optimizer step, clip, step the optimizer and the schedule. Returns the gradient norm then, else
+    None."""
+    acc = ctx.accelerator
+    acc.backward(loss)
+    grad_norm = None
+    if acc.sync_gradients:
+        grad_norm = acc.clip_grad_norm_(ctx.model.parameters(), ctx.recipe.train.max_grad_norm)
+    ctx.optimizer.step()
+    ctx.optimizer.zero_grad()
+    if acc.sync_gradients:
+        ctx.scheduler.step()
+    return grad_norm
+
+
 def update_needs(recipe: Recipe) -> Requests:
     """Batch fields the update itself reads: the behaviour log-probs when it takes several optimizer steps
     on one batch (after the first, the policy is no longer the one that sampled)."""
@@ -156,14 +172,7 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                         if extra_loss is not None:
                             total = total + extra_loss
                         metrics.update(extra_metrics)
-                    acc.backward(total * scale)
-                    grad_norm = None
-                    if acc.sync_gradients:
-                        grad_norm = acc.clip_grad_norm_(ctx.model.parameters(), train.max_grad_norm)
-                    ctx.optimizer.step()
-                    ctx.optimizer.zero_grad()
-                    if acc.sync_gradients:
-                        ctx.scheduler.step()
+                    grad_norm = backward_and_step(ctx, total * scale)
                 mini_loss += float(loss.detach())
                 tokens = float(mask.sum())
                 metrics["actor/entropy"] = (entropy.detach() * mask).sum() / max(tokens, 1.0)
