@@ -818,6 +818,25 @@ def _check_preference(recipe: Recipe, base_dir: Path, where: Callable[[str], str
             f"{where('algorithm.preference.precompute_reference')}: 'kto' compares each step's responses "
             "with other prompts under the reference, so its reference log-probs cannot be computed ahead"
         )
+    algo = recipe.algorithm
+    unused = [
+        key
+        for key, is_set in (
+            ("algorithm.kl_coef", algo.kl_coef > 0),
+            ("algorithm.entropy_coef", algo.entropy_coef > 0),
+            ("algorithm.token_weights", bool(algo.token_weights)),
+            (
+                "algorithm.dynamic_sampling.enabled",
+                algo.dynamic_sampling.enabled and data.format != "prompts",
+            ),
+        )
+        if is_set
+    ]
+    if unused:
+        raise RecipeError(
+            f"{where(unused[0])}: does not apply to preference training (algorithm.preference): its loss "
+            "holds its own reference term; remove the key"
+        )
     if data.format == "prompts":
         group = recipe.rollout.num_generations
         if group < 2:

@@ -103,6 +103,10 @@ class OfflineTrainer:
     eval_rows: list | None = None
     step: int = 0
 
+    @property
+    def accelerator(self):
+        return self.ctx.accelerator
+
 
 def build_offline(recipe: Recipe) -> OfflineTrainer:
     """Accelerator, policy, optimizer, preference data, sampler and (unless the loss is reference-free or

@@ -25,7 +25,8 @@ import torch
 from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
-from rlvr.algorithms import ADVANTAGES, POLICY_LOSSES, AdvantageInputs
+from rlvr.algorithms import ADVANTAGES, POLICY_LOSSES, PREFERENCE_LOSSES, AdvantageInputs
+from rlvr.algorithms.utils import needs_of
 from rlvr.config import Recipe, RecipeError, dump_recipe, load_recipe
 from rlvr.data import PromptStats, load_prompts, make_sampler
 from rlvr.models import resolve_model
@@ -50,6 +51,7 @@ from rlvr.trainer.distributed import gathered, gathered_objects, global_means, g
 from rlvr.trainer.evaluation import PeriodicEvaluator
 from rlvr.trainer.logprobs import BATCH_FIELDS, critic_output, fill_fields, policy_output
 from rlvr.trainer.metrics import MetricsLogger
+from rlvr.trainer.preference import online_preference_update
 from rlvr.trainer.setup import (
     configure_deepspeed,
     load_policy,
@@ -93,7 +95,15 @@ class Trainer:
     reward_models: list = dataclasses.field(default_factory=list)
     """(name, weight, model) of each learned reward model (rlvr.scoring.build_reward_model)."""
     evaluator: PeriodicEvaluator | None = None
+    update: Callable = None  # type: ignore[assignment]
+    """Steps 5-7 of the step: :func:`policy_gradient_update` or :func:`preference_pairs_update`."""
+    preference_loss: tuple[Callable, dict] | None = None
+    """Online preference training: (preference loss, bound hyperparameters)."""
     step: int = 0
+
+    def __post_init__(self) -> None:
+        if self.update is None:
+            self.update = preference_pairs_update if self.preference_loss else policy_gradient_update
 
     @property
     def accelerator(self):
@@ -148,13 +158,23 @@ def build(recipe: Recipe) -> Trainer:
         if algo.reset_optimizer_with_reference:
             reset_optimizer_state(optimizer)
 
-    components = build_components(recipe, advantage, reset_reference=reset)
-    requests = merge_requests(
-        requests_of(*advantage),
-        requests_of(*policy_loss),
-        update_needs(recipe),
-        *(c.needs for c in components),
-    )
+    preference_loss = None
+    if algo.preference is not None:  # online preference pairs: no advantages, no loss components
+        name = algo.preference.loss
+        preference_loss = (
+            PREFERENCE_LOSSES.get(name),
+            PREFERENCE_LOSSES.bind(name, algo.preference.loss_kwargs),
+        )
+        components = []
+        requests = {field: {} for field in needs_of(preference_loss[0]) if field in BATCH_FIELDS}
+    else:
+        components = build_components(recipe, advantage, reset_reference=reset)
+        requests = merge_requests(
+            requests_of(*advantage),
+            requests_of(*policy_loss),
+            update_needs(recipe),
+            *(c.needs for c in components),
+        )
     # the models to build follow from the requested fields' sources (a critic for values, a reference)
     sources = {BATCH_FIELDS.get(name).model for name in requests if name in BATCH_FIELDS}
     critic_path = None
@@ -221,6 +241,7 @@ def build(recipe: Recipe) -> Trainer:
         requests=requests,
         forwards=forwards,
         reward_models=_load_reward_models(recipe, accelerator),
+        preference_loss=preference_loss,
     )
     if recipe.eval.every:
         trainer.evaluator = PeriodicEvaluator(recipe, engine, tokenizer, accelerator, options.max_model_len)
@@ -438,21 +459,8 @@ def run_step(t: Trainer) -> dict[str, float]:
     ctx.model.eval()
     fill_fields(batch, t.requests, t.forwards, ctx.micro_batch, device=acc.device)
 
-    # 5. advantages, from inputs the components may shape first (a KL penalty in the reward)
-    inputs = AdvantageInputs.from_batch(batch)
-    step_metrics: dict[str, float] = {}
-    for component in t.components:
-        inputs, shaped = component.shape(inputs, batch)
-        step_metrics.update(shaped)
-    estimator, estimator_kwargs = t.advantage
-    batch.advantages = estimator(inputs, **estimator_kwargs)  # [N, T]
-
-    # 6. what the components derive from the advantages (critic returns, token weights)
-    for component in t.components:
-        step_metrics.update(component.after_advantages(batch, inputs))
-
-    # 7. policy update, weight sync
-    step_metrics.update(policy_update(ctx, batch))
+    # 5-7. the update: advantages -> policy loss (or preference pairs -> preference loss); weight sync
+    step_metrics = t.update(t, batch)
     timer["update"] = time.perf_counter()
     t.step += 1
     sync_s = sync_weights(t)
@@ -468,6 +476,30 @@ def run_step(t: Trainer) -> dict[str, float]:
     for component in t.components:
         metrics.update(component.end_step(t.step, metrics, samples))
     return metrics
+
+
+def policy_gradient_update(t: Trainer, batch) -> dict[str, float]:
+    """Steps 5-7 of RL: advantages (from inputs the components may shape first, e.g. a KL penalty in the
+    reward), what the components derive from them (critic returns, token weights), the policy update."""
+    inputs = AdvantageInputs.from_batch(batch)
+    step_metrics: dict[str, float] = {}
+    for component in t.components:
+        inputs, shaped = component.shape(inputs, batch)
+        step_metrics.update(shaped)
+    estimator, estimator_kwargs = t.advantage
+    batch.advantages = estimator(inputs, **estimator_kwargs)  # [N, T]
+    for component in t.components:
+        step_metrics.update(component.after_advantages(batch, inputs))
+    step_metrics.update(policy_update(t.ctx, batch))
+    return step_metrics
+
+
+def preference_pairs_update(t: Trainer, batch) -> dict[str, float]:
+    """Steps 5-7 of online preference training: pairs from each prompt's scored samples, the preference
+    loss on them (:func:`rlvr.trainer.preference.online_preference_update`)."""
+    return online_preference_update(
+        t.ctx, batch, t.preference_loss, t.recipe.algorithm.preference, t.recipe.rollout.num_generations
+    )
 
 
 def _pad_id(tokenizer) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from rlvr.algorithms.preference import PreferenceInputs
+from rlvr.algorithms.preference import PreferenceInputs, build_pairs
 from rlvr.rollout.base import Completion
 from rlvr.trainer.batch import make_batch
 from rlvr.trainer.distributed import gathered_objects, global_sums
@@ -31,7 +31,14 @@ from rlvr.trainer.logprobs import response_logprobs
 from rlvr.trainer.update import backward_and_step
 from rlvr.types import RolloutBatch
 
-__all__ = ["mismatched", "pair_batch", "preference_inputs", "preference_update", "sequence_logps"]
+__all__ = [
+    "online_preference_update",
+    "mismatched",
+    "pair_batch",
+    "preference_inputs",
+    "preference_update",
+    "sequence_logps",
+]
 
 
 def pair_batch(
@@ -201,3 +208,24 @@ def preference_update(
         if weights[key] > 0:
             result[key] = sums[key] / weights[key]
     return result
+
+
+def online_preference_update(
+    ctx, batch: RolloutBatch, loss: tuple[Callable, Mapping[str, Any]], settings, group_size: int
+) -> dict[str, float]:
+    """Online / iterative preference optimisation from verifiable rewards (Iterative RPO, Pang et al. 2024;
+    online DPO): the pairs of each prompt's ``group_size`` scored samples
+    (:func:`rlvr.algorithms.preference.build_pairs` with ``settings.pairing``, ``min_margin``,
+    ``max_pairs_per_group``), then :func:`preference_update`. Groups without two samples of different
+    reward give no pair and are counted (``pairs/groups_dropped``, summed over processes)."""
+    chosen, rejected, pair_metrics = build_pairs(
+        batch.sequence_rewards,
+        batch.group_index,
+        settings.pairing,
+        min_margin=settings.min_margin,
+        max_pairs_per_group=settings.max_pairs_per_group,
+    )
+    metrics = preference_update(ctx, batch, chosen, rejected, loss, group_size)
+    keys = sorted(pair_metrics)
+    metrics.update(zip(keys, global_sums(ctx.accelerator, [pair_metrics[k] for k in keys]), strict=True))
+    return metrics
