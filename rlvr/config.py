@@ -94,6 +94,18 @@ class RunConfig(_Section):
     """How many (prompt, completion, reward) samples to print to the console per step."""
 
 
+class LoraSettings(_Section):
+    r: int = Field(16, ge=1)
+    """Rank of the low-rank update B A."""
+    alpha: float = Field(32.0, gt=0)
+    """Scale: the update is (alpha / r) B A."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter's input during training."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names (or name suffixes) that get an adapter, e.g. [q_proj, v_proj]; all-linear: every
+    linear layer but the output head."""
+
+
 class ModelConfig(_Section):
     name_or_path: str = "smollm2-135m-instruct"
     """A local HF folder, a packaged alias (smollm2-135m-instruct, tiny-char) or a hub id."""
@@ -104,6 +116,10 @@ class ModelConfig(_Section):
     """Trade compute for memory in the policy forward pass."""
     attn_implementation: str | None = None
     """Passed to from_pretrained (e.g. sdpa, flash_attention_2); None lets transformers choose."""
+    lora: LoraSettings | None = None
+    """Train a LoRA adapter (peft) instead of every weight: {r, alpha, dropout, target_modules}. The
+    reference is the model with the adapter disabled; the engine and final/ get merged weights
+    (docs/preference.md#lora)."""
 
 
 class DataSourceConfig(_Section):
@@ -442,8 +458,8 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     pairs: str | None = None
-    """Offline preference training: held-out rows in the training data's format and fields, scored every
-    ``every`` steps (before the first and after the last too): eval/pairs/rewards/accuracy, margin, loss."""
+    """Offline preference training: held-out rows in the training data's format and fields (the first
+    ``limit``), scored every ``every`` steps and after the last: eval/pairs/rewards/accuracy, margin, loss."""
     every: int = Field(0, ge=0)
     """Evaluate the policy every N steps (and after the last step) on held-out benchmarks, through the
     rollout engine that already holds the current weights; 0 never. Metrics: eval/<benchmark>/...."""
@@ -719,6 +735,12 @@ def _check_references(
                 raise RecipeError(f"{where(key)}: {message}")
     _check_sources(data, base_dir, where)
     _check_preference(recipe, base_dir, where)
+    if recipe.model.lora is not None and algo.reference_reset_every:
+        raise RecipeError(
+            f"{where('algorithm.reference_reset_every')}: with model.lora the reference is the base model "
+            "(the adapter disabled), so it cannot be reset to the current policy; train without LoRA to "
+            "reset it"
+        )
     for key, section, field in (
         ("model.name_or_path", recipe.model, "name_or_path"),
         ("algorithm.critic.model", algo.critic, "model"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ from rlvr.trainer.setup import (
     lr_of,
     make_accelerator,
     make_optimizer,
-    make_reference,
+    reference_forward,
     warn_if_bf16_is_emulated,
 )
 from rlvr.trainer.update import UpdateContext
@@ -99,7 +100,8 @@ class OfflineTrainer:
     layout: dict[str, int]
     loss: tuple
     needs: frozenset[str]
-    reference: torch.nn.Module | None
+    reference: Callable | None
+    """The frozen reference's forward (None: the loss is reference-free, or its log-probs are precomputed)."""
     eval_rows: list | None = None
     step: int = 0
 
@@ -161,7 +163,9 @@ def build_offline(recipe: Recipe) -> OfflineTrainer:
     optimizer, scheduler = make_optimizer(model, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    reference = make_reference(accelerator, model_path, recipe) if "ref_logprobs" in needs else None
+    reference = None
+    if "ref_logprobs" in needs:
+        _, reference = reference_forward(accelerator, model, model_path, recipe)
     ctx = UpdateContext(
         accelerator=accelerator,
         model=model,
@@ -182,7 +186,7 @@ def build_offline(recipe: Recipe) -> OfflineTrainer:
         if accelerator.is_main_process:
             print(f"precomputing reference log-probs of {len(dataset)} rows", flush=True)
         dataset.rows = _with_reference(t, dataset.rows)
-        t.reference = None
+        t.reference = None  # the reference copy (if any) is freed
         del reference
         gc.collect()
     t.eval_rows = eval_rows
@@ -207,7 +211,7 @@ def _with_reference(t: OfflineTrainer, rows: list[dict]) -> list[dict]:
     computed ``micro_batch`` rows at a time by every process (the same forwards everywhere, as ZeRO-3
     needs)."""
     acc, micro = t.ctx.accelerator, t.layout["micro_batch"]
-    forward = {"reference": policy_output(t.reference, t.recipe.rollout.temperature)}
+    forward = {"reference": t.reference}
     out = []
     for i in range(0, len(rows), max(1, micro // t.layout["group"])):
         chunk = rows[i : i + max(1, micro // t.layout["group"])]
@@ -244,7 +248,7 @@ def _prepare(t: OfflineTrainer, rows: list[dict], group_offset: int = 0):
         if "ref_chosen_logprobs" in rows[0] or "ref_completion_logprobs" in rows[0]:
             _attach_reference(batch, rows)
         else:
-            forward = {"reference": policy_output(t.reference, t.recipe.rollout.temperature)}
+            forward = {"reference": t.reference}
             fill_fields(batch, {"ref_logprobs": {}}, forward, t.layout["micro_batch"], device=acc.device)
     if "old_logprobs" in t.needs:  # offline, the iteration starts from the reference: pi_t = pi_ref
         batch.old_logprobs = batch.ref_logprobs
@@ -259,10 +263,7 @@ def _kl_logps(t: OfflineTrainer, batch: RolloutBatch) -> tuple[torch.Tensor, tor
     shifted = mismatched(batch)
     temperature = t.recipe.rollout.temperature
     t.ctx.model.eval()
-    forwards = {
-        "policy": policy_output(t.ctx.model, temperature),
-        "reference": policy_output(t.reference, temperature),
-    }
+    forwards = {"policy": policy_output(t.ctx.model, temperature), "reference": t.reference}
     fill_fields(shifted, {"old_logprobs": {}, "ref_logprobs": {}}, forwards, micro, device=acc.device)
     policy = sequence_logps(shifted.old_logprobs, shifted.response_mask)  # [N]
     reference = sequence_logps(shifted.ref_logprobs, shifted.response_mask)  # [N]
@@ -335,8 +336,6 @@ def train_offline(recipe: Recipe) -> Path:
         "num_processes": acc.num_processes,
     }
     try:
-        if t.eval_rows is not None and t.step == 0 and recipe.eval.every:
-            t.log.log(0, evaluate_pairs(t))
         while t.step < recipe.run.steps:
             metrics = run_offline_step(t)
             every = recipe.eval.every

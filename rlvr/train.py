@@ -58,7 +58,7 @@ from rlvr.trainer.setup import (
     lr_of,
     make_accelerator,
     make_optimizer,
-    make_reference,
+    reference_forward,
     reset_optimizer_state,
     reset_reference,
     unpartitioned,
@@ -185,11 +185,11 @@ def build(recipe: Recipe) -> Trainer:
     optimizer, scheduler = make_optimizer(model, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    ref_model = make_reference(accelerator, model_path, recipe) if "reference" in sources else None
     temperature = recipe.rollout.temperature
     forwards = {"policy": policy_output(model, temperature)}
-    if ref_model is not None:
-        forwards["reference"] = policy_output(ref_model, temperature)
+    ref_model = None
+    if "reference" in sources:
+        ref_model, forwards["reference"] = reference_forward(accelerator, model, model_path, recipe)
     if critic_path is not None:
         forwards["critic"] = critic_output(model)
 

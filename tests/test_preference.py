@@ -36,7 +36,9 @@ def test_offline_dpo_learns_held_out_pairs(tmp_path):
         for r in rows
         if "eval/pairs/rewards/accuracy" in r
     ]
-    assert accuracy[0] == (0, 0.0)  # before training the policy is the reference: every margin is 0
+    # before training the policy is the reference: every margin is 0 and the accuracy 0; after 10 steps
+    # still near chance, after 40 the held-out pairs are ranked right
+    assert accuracy[0][0] == 10 and accuracy[0][1] <= 0.7
     assert accuracy[-1][0] == 40 and accuracy[-1][1] >= 0.9  # 40 held-out pairs
     assert rows[-1]["preference/rewards/margin"] > 1.0
     assert (tmp_path / "run/final/model.safetensors").exists()

@@ -347,8 +347,10 @@ def resume_changes(earlier_recipe: str | Path, recipe: Recipe) -> dict[str, tupl
 
 def save_final_model(accelerator: Accelerator, model, tokenizer, out_dir: str | Path) -> None:
     """The trained policy as a plain HF folder (ZeRO-3 weights are gathered by accelerate); a critic
-    trained next to it is left out (it is in the step checkpoints)."""
+    trained next to it is left out (it is in the step checkpoints). A LoRA policy is saved merged, with
+    its adapter in ``out_dir/adapter``."""
     from rlvr.trainer.critic import policy_of
+    from rlvr.trainer.lora import adapter_state, is_lora, merged_weights
 
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
@@ -356,7 +358,12 @@ def save_final_model(accelerator: Accelerator, model, tokenizer, out_dir: str | 
         policy = policy_of(unwrapped)
         if policy is not unwrapped:
             state_dict = {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
-        policy.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
+        if is_lora(policy):  # the merged model as a plain HF folder, and the adapter alone beside it
+            merged = dict(merged_weights(policy, state_dict))
+            policy.get_base_model().save_pretrained(str(out_dir), state_dict=merged, safe_serialization=True)
+            policy.save_pretrained(str(Path(out_dir) / "adapter"), state_dict=adapter_state(state_dict))
+        else:
+            policy.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(str(out_dir))
     accelerator.wait_for_everyone()
 

@@ -12,7 +12,7 @@ import copy
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -130,6 +130,10 @@ def load_policy(path: str, recipe: Recipe, critic_path: str | None = None) -> to
     model.config.use_cache = False
     if recipe.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if recipe.model.lora is not None:
+        from rlvr.trainer.lora import apply_lora
+
+        model = apply_lora(model, recipe.model.lora)
     if critic_path is None:
         return model
     critic = load_critic(critic_path, getattr(torch, recipe.model.dtype))
@@ -174,6 +178,23 @@ def make_reference(accelerator: Accelerator, policy_path: str, recipe: Recipe) -
         ref.eval()
         return ref
     return ref.to(accelerator.device)
+
+
+def reference_forward(
+    accelerator: Accelerator, model: torch.nn.Module, policy_path: str, recipe: Recipe
+) -> tuple[torch.nn.Module | None, Callable]:
+    """The frozen reference and its forward for :func:`rlvr.trainer.logprobs.fill_fields`: a copy of the
+    initial policy (:func:`make_reference`), or, for a LoRA policy, the policy itself with its adapter
+    disabled (no second copy; the model returned is None)."""
+    from rlvr.trainer.logprobs import policy_output
+    from rlvr.trainer.lora import is_lora, reference_output
+
+    temperature = recipe.rollout.temperature
+    unwrapped = policy_of(accelerator.unwrap_model(model))
+    if is_lora(unwrapped):
+        return None, reference_output(model, unwrapped, temperature)
+    reference = make_reference(accelerator, policy_path, recipe)
+    return reference, policy_output(reference, temperature)
 
 
 @torch.no_grad()

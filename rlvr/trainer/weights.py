@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from rlvr.trainer.critic import policy_of
+from rlvr.trainer.lora import is_lora, merged_weights
 from rlvr.trainer.setup import zero_stage
 
 
@@ -34,8 +35,10 @@ def policy_state(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """HF-named parameter tensors on CPU.
 
     Tied weights are listed under every name (``lm_head.weight`` too): vLLM's in-place reload leaves a
-    tied LM head unloaded when only the embedding arrives.
+    tied LM head unloaded when only the embedding arrives. A LoRA policy gives its merged weights under
+    the base model's names (:func:`rlvr.trainer.lora.merged_weights`).
     """
-    return [
-        (name, param.detach().to("cpu")) for name, param in model.named_parameters(remove_duplicate=False)
-    ]
+    named = dict(model.named_parameters(remove_duplicate=False))
+    if is_lora(model):  # the engine runs the base model with the adapter merged in
+        return merged_weights(model, named)
+    return [(name, param.detach().to("cpu")) for name, param in named.items()]
