@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
 from rlvr.algorithms.preference import PREFERENCE_LOSSES
@@ -32,13 +31,11 @@ from rlvr.data import shard
 from rlvr.data.pairs import load_pairs
 from rlvr.models import resolve_model
 from rlvr.trainer.checkpoint import (
-    CheckpointError,
-    choose_checkpoint,
     load_checkpoint,
     save_checkpoint,
     save_final_model,
 )
-from rlvr.trainer.distributed import gathered, gathered_objects, global_sums
+from rlvr.trainer.distributed import gathered, global_sums
 from rlvr.trainer.logprobs import fill_fields, policy_output, response_logprobs
 from rlvr.trainer.metrics import MetricsLogger
 from rlvr.trainer.preference import (
@@ -49,13 +46,10 @@ from rlvr.trainer.preference import (
     sequence_logps,
 )
 from rlvr.trainer.setup import (
-    configure_deepspeed,
     load_policy,
     lr_of,
-    make_accelerator,
     make_optimizer,
     reference_forward,
-    warn_if_bf16_is_emulated,
 )
 from rlvr.trainer.update import UpdateContext
 from rlvr.types import RolloutBatch
@@ -115,40 +109,20 @@ def build_offline(recipe: Recipe) -> OfflineTrainer:
     its log-probs were precomputed) the frozen reference model."""
     from rlvr.train import (
         _apply_recipe_lrs,
-        _check_process_count,
-        _check_same_prompts,
+        check_data,
         make_curriculum,
-        prepare_run_dir,
         record_resume,
         restore_curriculum,
+        start_run,
     )
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    layout = offline_layout(recipe, world)
-    accelerator = make_accelerator(layout["grad_accum"], recipe.train.mixed_precision)
-    if accelerator.is_main_process:
-        warn_if_bf16_is_emulated(recipe, accelerator.mixed_precision, accelerator.device.type == "cpu")
-    configure_deepspeed(accelerator, layout["micro_batch"], layout["grad_accum"], recipe)
-    set_seed(recipe.run.seed, device_specific=False)
-    run_dir = Path(recipe.run.output_dir)
-    changes = prepare_run_dir(run_dir, recipe, accelerator.is_main_process)
-    accelerator.wait_for_everyone()
-    checkpoint = None
-    if changes is not None:
-        try:
-            checkpoint = choose_checkpoint(accelerator, run_dir)
-        except CheckpointError as exc:
-            raise RecipeError(f"{recipe.source}: run.resume: {exc}") from None
-        _check_process_count(recipe, checkpoint, accelerator.num_processes)
-
+    layout = offline_layout(recipe, int(os.environ.get("WORLD_SIZE", "1")))
+    accelerator, run_dir, changes, checkpoint = start_run(recipe, layout)
     with accelerator.main_process_first():
         model_path = str(resolve_model(recipe.model.name_or_path))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dataset = load_pairs(recipe.data, tokenizer)
-    fingerprint = dataset.fingerprint()
-    if len(set(gathered_objects(accelerator, [fingerprint]))) > 1:
-        raise RecipeError(f"{recipe.source}: data: the processes loaded different preference rows")
-    _check_same_prompts(recipe, checkpoint, fingerprint)
+    fingerprint = check_data(recipe, accelerator, checkpoint, dataset)
     eval_rows = None
     if recipe.eval.pairs is not None:
         eval_cfg = recipe.data.model_copy(update={"path": recipe.eval.pairs, "limit": recipe.eval.limit})

@@ -117,33 +117,12 @@ class Trainer:
 def build(recipe: Recipe) -> Trainer:
     """Create the accelerator, policy, optimizer, engine, scorer, data and sampler for ``recipe``."""
     layout = recipe.batch_layout(int(os.environ.get("WORLD_SIZE", "1")))
-    accelerator = make_accelerator(layout["grad_accum"], recipe.train.mixed_precision)
-    if accelerator.is_main_process:
-        warn_if_bf16_is_emulated(recipe, accelerator.mixed_precision, accelerator.device.type == "cpu")
-    configure_deepspeed(accelerator, layout["micro_batch"], layout["grad_accum"], recipe)
-    set_seed(recipe.run.seed, device_specific=False)
-    run_dir = Path(recipe.run.output_dir)
-    changes = prepare_run_dir(run_dir, recipe, accelerator.is_main_process)
-    accelerator.wait_for_everyone()
-    checkpoint = None
-    if changes is not None:  # resuming: pick the checkpoint before anything loads (refusals are quick)
-        try:
-            checkpoint = choose_checkpoint(accelerator, run_dir)
-        except CheckpointError as exc:
-            raise RecipeError(f"{recipe.source}: run.resume: {exc}") from None
-        _check_process_count(recipe, checkpoint, accelerator.num_processes)
-
+    accelerator, run_dir, changes, checkpoint = start_run(recipe, layout)
     with accelerator.main_process_first():
         model_path = str(resolve_model(recipe.model.name_or_path))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dataset = load_prompts(recipe.data, tokenizer)
-    fingerprint = dataset.fingerprint()
-    if len(set(gathered_objects(accelerator, [fingerprint]))) > 1:
-        raise RecipeError(
-            f"{recipe.source}: data: the processes loaded different prompts (a hub dataset or generator that "
-            "is not deterministic?); every process must hold the same prompts in the same order"
-        )
-    _check_same_prompts(recipe, checkpoint, fingerprint)
+    fingerprint = check_data(recipe, accelerator, checkpoint, dataset)
     stats, sampler = make_curriculum(recipe, dataset)
 
     algo = recipe.algorithm
@@ -259,6 +238,42 @@ def build(recipe: Recipe) -> Trainer:
         if accelerator.is_main_process:
             record_resume(run_dir, recipe, checkpoint, trainer.step, changes, dropped)
     return trainer
+
+
+def start_run(recipe: Recipe, layout: dict[str, int]) -> tuple:
+    """The accelerator (DeepSpeed told the batch layout), the seed, the run directory and, when resuming,
+    the changed recipe keys and the checkpoint to load, chosen before anything loads (refusals are quick).
+    Returns ``(accelerator, run_dir, changes, checkpoint)``; ``changes`` and ``checkpoint`` are None for a
+    run that starts at step 1."""
+    accelerator = make_accelerator(layout["grad_accum"], recipe.train.mixed_precision)
+    if accelerator.is_main_process:
+        warn_if_bf16_is_emulated(recipe, accelerator.mixed_precision, accelerator.device.type == "cpu")
+    configure_deepspeed(accelerator, layout["micro_batch"], layout["grad_accum"], recipe)
+    set_seed(recipe.run.seed, device_specific=False)
+    run_dir = Path(recipe.run.output_dir)
+    changes = prepare_run_dir(run_dir, recipe, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    checkpoint = None
+    if changes is not None:
+        try:
+            checkpoint = choose_checkpoint(accelerator, run_dir)
+        except CheckpointError as exc:
+            raise RecipeError(f"{recipe.source}: run.resume: {exc}") from None
+        _check_process_count(recipe, checkpoint, accelerator.num_processes)
+    return accelerator, run_dir, changes, checkpoint
+
+
+def check_data(recipe: Recipe, accelerator, checkpoint, dataset) -> str:
+    """The data's fingerprint, after checking that every process loaded the same rows in the same order
+    and that a resumed run trains on the rows of its checkpoint."""
+    fingerprint = dataset.fingerprint()
+    if len(set(gathered_objects(accelerator, [fingerprint]))) > 1:
+        raise RecipeError(
+            f"{recipe.source}: data: the processes loaded different rows (a hub dataset or generator that "
+            "is not deterministic?); every process must hold the same rows in the same order"
+        )
+    _check_same_prompts(recipe, checkpoint, fingerprint)
+    return fingerprint
 
 
 def make_curriculum(recipe: Recipe, dataset) -> tuple[PromptStats, object]:
