@@ -93,8 +93,11 @@ def test_precomputed_reference_gives_the_same_run(tmp_path):
         )
 
 
-def test_resumed_dpo_run_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_resumed_dpo_run_matches_uninterrupted(tmp_path, lora):
     fixed = ["run.save_every=2", "run.keep_last=1", "run.save_final=false", "eval.every=2"]
+    if lora:  # the adapter and its optimizer state come back; the reference is the adapter-free model
+        fixed += ["model.lora={r: 4, alpha: 8}", "train.lr=0.02"]
     whole = train(DPO_RECIPE, tmp_path / "whole", "run.steps=4", *fixed)
     train(DPO_RECIPE, tmp_path / "cut", "run.steps=2", *fixed)
     resumed = train(DPO_RECIPE, tmp_path / "cut", "run.steps=4", "run.resume=true", *fixed)
