@@ -820,6 +820,11 @@ def _check_preference(recipe: Recipe, base_dir: Path, where: Callable[[str], str
     if pref.loss not in PREFERENCE_LOSSES:
         known = ", ".join(PREFERENCE_LOSSES.names())
         raise RecipeError(f"{where('algorithm.preference.loss')}: unknown name {pref.loss!r}; known: {known}")
+    if data.format != "prompts" and recipe.sampler.name not in ("random", "sequential"):
+        raise RecipeError(
+            f"{where('sampler.name')}: offline preference rows have no pass rates for a curriculum to read; "
+            "use random or sequential"
+        )
     if data.sources and data.format != "prompts":
         raise RecipeError(
             f"{where('data.sources')}: preference data comes from data.path (one file or dataset)"

@@ -158,6 +158,7 @@ def test_online_preference_pairs_in_the_rl_loop(tmp_path):
         (["algorithm.kl_coef=0.1"], "algorithm.kl_coef: does not apply to preference training"),
         (["data.chosen_field=good"], "data.chosen_field: 'good' is not a column"),
         (["eval.pairs=nowhere.jsonl"], "eval.pairs: file not found"),
+        (["sampler.name=learnability"], "sampler.name: offline preference rows have no pass rates"),
     ],
 )
 def test_recipe_errors(overrides, message):
