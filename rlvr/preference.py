@@ -45,6 +45,14 @@ from rlvr.trainer.preference import (
     preference_update,
     sequence_logps,
 )
+from rlvr.trainer.run import (
+    _apply_recipe_lrs,
+    check_data,
+    make_curriculum,
+    record_resume,
+    restore_curriculum,
+    start_run,
+)
 from rlvr.trainer.setup import (
     load_policy,
     lr_of,
@@ -107,14 +115,6 @@ class OfflineTrainer:
 def build_offline(recipe: Recipe) -> OfflineTrainer:
     """Accelerator, policy, optimizer, preference data, sampler and (unless the loss is reference-free or
     its log-probs were precomputed) the frozen reference model."""
-    from rlvr.train import (
-        _apply_recipe_lrs,
-        check_data,
-        make_curriculum,
-        record_resume,
-        restore_curriculum,
-        start_run,
-    )
 
     layout = offline_layout(recipe, int(os.environ.get("WORLD_SIZE", "1")))
     accelerator, run_dir, changes, checkpoint = start_run(recipe, layout)

@@ -126,7 +126,7 @@ def test_resume_applies_a_new_lr_and_refuses_a_new_batch_layout_or_seed(tmp_path
 
 
 def test_resume_without_a_checkpoint_but_with_metrics_is_refused(tmp_path):
-    from rlvr.train import prepare_run_dir  # in-process: the command-line path of a refusal is tested above
+    from rlvr.trainer.run import prepare_run_dir  # in-process: the command-line refusal is tested above
 
     out = tmp_path / "run"
     out.mkdir()
@@ -173,8 +173,8 @@ def test_resume_on_another_number_of_processes_is_refused(tmp_path):
     import pytest
 
     from rlvr.config import RecipeError, load_recipe
-    from rlvr.train import _check_process_count
     from rlvr.trainer.checkpoint import STATE_FILE, Choice
+    from rlvr.trainer.run import _check_process_count
 
     step = tmp_path / "checkpoints/step-000002"
     step.mkdir(parents=True)

@@ -11,8 +11,8 @@ import pytest
 from rlvr.config import Recipe, RecipeError
 from rlvr.data import make_sampler
 from rlvr.rollout import Completion
-from rlvr.train import make_curriculum
 from rlvr.trainer.collect import Group, _batch_metrics, _update_sampler, curriculum_metrics
+from rlvr.trainer.run import make_curriculum
 
 
 class _OneProcess:
