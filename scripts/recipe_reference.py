@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from rlvr.config import DataSourceConfig, Recipe, RewardConfig
+from rlvr.config import DataSourceConfig, LoraSettings, PreferenceConfig, Recipe, RewardConfig
 
 OUT = Path(__file__).resolve().parents[1] / "docs/recipes.md"
 
@@ -44,6 +44,8 @@ def render() -> str:
             lines += [f"\n## `{section}`\n", *table(model, f"{section}.")]
     lines += ["\n### each entry of `data.sources`\n", *table(DataSourceConfig, "")]
     lines += ["\n### each entry of `rewards.verifiers`\n", *table(RewardConfig, "")]
+    lines += ["\n### `model.lora` (when set)\n", *table(LoraSettings, "model.lora.")]
+    lines += ["\n### `algorithm.preference` (when set)\n", *table(PreferenceConfig, "algorithm.preference.")]
     return "\n".join(lines) + "\n"
 
 
