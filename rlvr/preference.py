@@ -30,6 +30,7 @@ from rlvr.config import Recipe, RecipeError
 from rlvr.data import shard
 from rlvr.data.pairs import load_pairs
 from rlvr.models import resolve_model
+from rlvr.trainer.batch import pad_id
 from rlvr.trainer.checkpoint import (
     load_checkpoint,
     save_checkpoint,
@@ -176,10 +177,6 @@ def build_offline(recipe: Recipe) -> OfflineTrainer:
     return t
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 def _with_reference(t: OfflineTrainer, rows: list[dict]) -> list[dict]:
     """``rows`` with the reference's per-token log-probs of each response (``ref_<side>_logprobs``),
     computed ``micro_batch`` rows at a time by every process (the same forwards everywhere, as ZeRO-3
@@ -189,7 +186,7 @@ def _with_reference(t: OfflineTrainer, rows: list[dict]) -> list[dict]:
     out = []
     for i in range(0, len(rows), max(1, micro // t.layout["group"])):
         chunk = rows[i : i + max(1, micro // t.layout["group"])]
-        batch, _, _ = pair_batch(chunk, _pad_id(t.tokenizer))
+        batch, _, _ = pair_batch(chunk, pad_id(t.tokenizer))
         fill_fields(batch, {"ref_logprobs": {}}, forward, micro, device=acc.device)
         position = 0
         for row in chunk:
@@ -217,7 +214,7 @@ def _attach_reference(batch: RolloutBatch, rows: list[dict]) -> None:
 def _prepare(t: OfflineTrainer, rows: list[dict], group_offset: int = 0):
     """The batch of ``rows`` with what the loss reads filled in; returns (batch, chosen, rejected)."""
     acc = t.ctx.accelerator
-    batch, chosen, rejected = pair_batch(rows, _pad_id(t.tokenizer), group_offset=group_offset)
+    batch, chosen, rejected = pair_batch(rows, pad_id(t.tokenizer), group_offset=group_offset)
     if "ref_logprobs" in t.needs:
         if "ref_chosen_logprobs" in rows[0] or "ref_completion_logprobs" in rows[0]:
             _attach_reference(batch, rows)

@@ -29,7 +29,7 @@ from rlvr.data import PromptStats, load_prompts
 from rlvr.models import resolve_model
 from rlvr.rollout import ENGINES, EngineOptions, RolloutEngine
 from rlvr.scoring import RewardSpec, Scorer, ScoringError, build_reward_model
-from rlvr.trainer.batch import batch_of_groups
+from rlvr.trainer.batch import batch_of_groups, pad_id
 from rlvr.trainer.checkpoint import (
     load_checkpoint,
     save_checkpoint,
@@ -278,7 +278,7 @@ def run_step(t: Trainer) -> dict[str, float]:
     if acc.is_main_process:
         _print_samples(t, groups)
     offset = acc.process_index * len(groups)
-    batch = batch_of_groups(groups, _pad_id(t.tokenizer), group_offset=offset)  # on the CPU
+    batch = batch_of_groups(groups, pad_id(t.tokenizer), group_offset=offset)  # on the CPU
     verdicts = torch.tensor([v for g in groups for v in g.verdicts])  # [N]
 
     # 4. what the plug-ins read from the models before the update: one no-grad pass per model
@@ -326,10 +326,6 @@ def preference_pairs_update(t: Trainer, batch) -> dict[str, float]:
     return online_preference_update(
         t.ctx, batch, t.preference_loss, t.recipe.algorithm.preference, t.recipe.rollout.num_generations
     )
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def _step_metrics(t: Trainer, batch, verdicts, groups, local_metrics, timer, sync_s) -> dict[str, float]:

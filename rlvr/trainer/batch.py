@@ -11,6 +11,11 @@ from rlvr.rollout.base import Completion
 from rlvr.types import RolloutBatch
 
 
+def pad_id(tokenizer) -> int:
+    """The id responses and prompts are padded with: the tokenizer's pad token, else its EOS token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def make_batch(
     prompt_ids: list[list[int]],
     completions: list[Completion],

@@ -28,7 +28,7 @@ from rlvr.rollout.base import Completion
 from rlvr.trainer.batch import make_batch
 from rlvr.trainer.distributed import gathered_objects, global_sums
 from rlvr.trainer.logprobs import response_logprobs
-from rlvr.trainer.update import backward_and_step
+from rlvr.trainer.update import backward_and_step, group_permutation
 from rlvr.types import RolloutBatch
 
 __all__ = [
@@ -162,8 +162,7 @@ def preference_update(
     for _epoch in range(train.epochs):
         order = torch.arange(len(batch), device=acc.device)
         if train.shuffle_mini_batches and train.num_mini_batches > 1:
-            groups = torch.randperm(len(batch) // group_size).to(acc.device)
-            order = (groups[:, None] * group_size + torch.arange(group_size, device=acc.device)).flatten()
+            order = group_permutation(batch.group_index)  # whole groups, in a random order
         position = torch.empty_like(order)
         position[order] = torch.arange(len(batch), device=acc.device)  # new position of each old row
         epoch_batch = batch.select(order)
