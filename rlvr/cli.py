@@ -3,6 +3,7 @@
     rlvr train RECIPE.yaml [key=value ...] [--accelerate-config recipes/accelerate/zero2.yaml]
     rlvr eval MODEL --benchmarks gsm8k,math500 [--limit 50] [--n 4] [--k 1,2,4] [--out results/x]
     rlvr eval --compare RESULTS_A RESULTS_B
+    rlvr plot RUN_DIR [RUN_DIR ...] [--out DIR]
 
 Without ``--accelerate-config`` the recipe runs in this process (one CPU or one GPU, no launcher).
 With it, the command is exactly
@@ -90,12 +91,27 @@ def _eval(args: argparse.Namespace) -> int:
             overrides=args.set,
             overwrite=args.overwrite,
             confidence=args.confidence,
+            verbose=args.verbose,
         )
     except (RecipeError, EvalError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from rlvr.plots import PlotError, write_plots
+
+    out = args.out or (os.path.join(args.runs[0], "plots") if len(args.runs) == 1 else "plots")
+    try:
+        written = write_plots(args.runs, out)
+    except PlotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
     return 0
 
 
@@ -149,7 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     ev.add_argument("--overwrite", action="store_true", help="discard earlier samples in the results folder")
     ev.add_argument("--confidence", type=float, default=0.95, help="bootstrap confidence level")
+    ev.add_argument(
+        "--verbose", action="store_true", help="show the engine's output (default: OUT/logs/eval.log)"
+    )
     ev.set_defaults(func=_eval)
+
+    plot = sub.add_parser(
+        "plot",
+        help="draw training curves of one or several runs",
+        description="PNG training curves (reward, accuracy, length, entropy/KL, clipping, losses, time per "
+        "phase, evaluation) from each run's metrics.jsonl, several runs overlaid in every panel.",
+    )
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (holding metrics.jsonl)")
+    plot.add_argument(
+        "--out", "-o", help="folder for the PNGs (default: RUN_DIR/plots for one run, plots/ for several)"
+    )
+    plot.set_defaults(func=_plot)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -70,7 +70,7 @@ class RunConfig(_Section):
     name: str = "run"
     """Run name, used in logs."""
     output_dir: str = "runs/${run.name}"
-    """Run directory: metrics.jsonl, checkpoints/, final/ (the HF-format model), tensorboard/."""
+    """Run directory: metrics.jsonl, checkpoints/, final/ (the HF-format model), plots/, trackers/, logs/."""
     seed: int = 0
     """Seeds data order, sampling and initialisation of anything random."""
     steps: int = Field(10, ge=1)
@@ -83,15 +83,45 @@ class RunConfig(_Section):
     resume: bool = False
     """Continue from the latest complete checkpoint in output_dir (data order, RNG, step counter)."""
     overwrite: bool = False
-    """Start over in an output_dir that holds an earlier run (its checkpoints, metrics, resumes.jsonl and
-    tensorboard logs are deleted).
+    """Start over in an output_dir that holds an earlier run (its checkpoints, metrics, resumes.jsonl,
+    plots and tracker files are deleted).
     Without resume or overwrite such a directory is an error, so no earlier run is lost by accident."""
     save_final: bool = True
     """Write the final policy as an HF model folder to output_dir/final."""
-    tensorboard: bool = True
-    """Also log metrics to tensorboard when the package is installed."""
-    log_samples: int = Field(1, ge=0)
+    report_to: list[str] = ["tensorboard"]
+    """Trackers that get every step's metrics and the recipe as the run's config, through accelerate's
+    tracker API: any of tensorboard, wandb, mlflow, trackio, aim, comet_ml, clearml, dvclive, swanlab
+    (installed), or all (every installed one); [] for none. Local files go to output_dir/trackers; for
+    wandb without a network set WANDB_MODE=offline."""
+    verbose: bool = False
+    """Show all library output (vLLM, DeepSpeed, transformers, torch) on the console. By default it goes
+    to output_dir/logs/train.log and the console shows one line per step, rlvr's warnings and a summary."""
+    log_samples: int = Field(0, ge=0)
     """How many (prompt, completion, reward) samples to print to the console per step."""
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to(cls, value):
+        """A single name is a list of one; every name must be a tracker accelerate knows, installed here."""
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list):
+            return value
+        if names in (["none"], ["None"]):
+            return []
+        from accelerate.tracking import get_available_trackers
+        from accelerate.utils import LoggerType
+
+        known = sorted(t.value for t in LoggerType)
+        available = {getattr(t, "value", str(t)) for t in get_available_trackers()}
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown tracker {name!r}; accelerate knows: {', '.join(known)}")
+            if name != "all" and name not in available:
+                raise ValueError(
+                    f"tracker {name!r} is not installed (pip install {name}); installed: "
+                    f"{', '.join(sorted(available)) or 'none'}"
+                )
+        return names
 
 
 class LoraSettings(_Section):
@@ -444,6 +474,10 @@ class TrainConfig(_Section):
     random order every epoch (groups stay whole)."""
     micro_batch_size: int = Field(8, ge=1)
     """Sequences per forward/backward on each process (gradient accumulation covers the rest)."""
+    sort_by_length: bool = True
+    """RL update: deal a mini-batch's rows into micro-batches by length (longest first), so that short
+    rows are not padded to the longest of the batch; each micro-batch is cut to its own longest row either
+    way. The gradient is the same (losses are normalised by mini-batch counts)."""
     lr: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)

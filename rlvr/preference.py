@@ -27,6 +27,7 @@ from transformers import AutoTokenizer
 from rlvr.algorithms.preference import PREFERENCE_LOSSES
 from rlvr.algorithms.utils import needs_of
 from rlvr.config import Recipe, RecipeError
+from rlvr.console import say
 from rlvr.data import shard
 from rlvr.data.pairs import load_pairs
 from rlvr.models import resolve_model
@@ -151,7 +152,7 @@ def build_offline(recipe: Recipe) -> OfflineTrainer:
         grad_accum=layout["grad_accum"],
         policy_loss=(None, {}),
     )
-    log = MetricsLogger(run_dir, accelerator.is_main_process, recipe.run.tensorboard)
+    log = MetricsLogger(run_dir, accelerator, recipe)
     t = OfflineTrainer(
         recipe, ctx, sampler, stats, fingerprint, tokenizer, log, layout, loss, needs, reference
     )
@@ -159,7 +160,7 @@ def build_offline(recipe: Recipe) -> OfflineTrainer:
         eval_rows = _with_reference(t, eval_rows)  # fixed held-out pairs: one pass, kept
     if reference is not None and pref.precompute_reference:
         if accelerator.is_main_process:
-            print(f"precomputing reference log-probs of {len(dataset)} rows", flush=True)
+            say(f"precomputing reference log-probs of {len(dataset)} rows")
         dataset.rows = _with_reference(t, dataset.rows)
         t.reference = None  # the reference copy (if any) is freed
         del reference
@@ -296,10 +297,9 @@ def train_offline(recipe: Recipe) -> Path:
     run_dir = Path(recipe.run.output_dir)
     acc = t.ctx.accelerator
     if acc.is_main_process:
-        print(
+        say(
             f"rlvr: {recipe.run.steps} steps of offline {recipe.algorithm.preference.loss} on "
-            f"{recipe.data.format}, {acc.num_processes} process(es) on {acc.device}, run dir {run_dir}",
-            flush=True,
+            f"{recipe.data.format}, {acc.num_processes} process(es) on {acc.device}, run dir {run_dir}"
         )
     state = lambda: {  # noqa: E731
         "sampler": t.sampler.state_dict(),
@@ -320,6 +320,7 @@ def train_offline(recipe: Recipe) -> Path:
             save_checkpoint(acc, run_dir, t.step, state(), recipe.run.keep_last)
         if recipe.run.save_final:
             save_final_model(acc, t.ctx.model, t.tokenizer, run_dir / "final")
+        t.log.finish(run_dir / "final" if recipe.run.save_final else None)
     finally:
         t.log.close()
     acc.end_training()

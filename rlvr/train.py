@@ -25,6 +25,7 @@ from transformers import AutoTokenizer
 from rlvr.algorithms import ADVANTAGES, POLICY_LOSSES, PREFERENCE_LOSSES, AdvantageInputs
 from rlvr.algorithms.utils import needs_of
 from rlvr.config import Recipe, RecipeError, load_recipe
+from rlvr.console import is_main_rank, library_output_to, process_log_name, say
 from rlvr.data import PromptStats, load_prompts
 from rlvr.models import resolve_model
 from rlvr.rollout import ENGINES, EngineOptions, RolloutEngine
@@ -199,7 +200,7 @@ def build(recipe: Recipe) -> Trainer:
         policy_loss=policy_loss,
         components=components,
     )
-    log = MetricsLogger(run_dir, accelerator.is_main_process, recipe.run.tensorboard)
+    log = MetricsLogger(run_dir, accelerator, recipe)
     trainer = Trainer(
         recipe,
         ctx,
@@ -283,7 +284,7 @@ def run_step(t: Trainer) -> dict[str, float]:
 
     # 4. what the plug-ins read from the models before the update: one no-grad pass per model
     ctx.model.eval()
-    fill_fields(batch, t.requests, t.forwards, ctx.micro_batch, device=acc.device)
+    fill_fields(batch, t.requests, t.forwards, ctx.micro_batch, acc.device, t.recipe.train.sort_by_length)
 
     # 5-7. the update: advantages -> policy loss (or preference pairs -> preference loss); weight sync
     step_metrics = t.update(t, batch)
@@ -332,6 +333,7 @@ def _step_metrics(t: Trainer, batch, verdicts, groups, local_metrics, timer, syn
     acc = t.accelerator
     rewards = gathered(acc, batch.sequence_rewards)  # [N * processes]
     lengths = gathered(acc, batch.response_mask.sum(1))  # [N * processes]
+    lengths_local = batch.response_mask.sum()
     truncated = gathered(acc, batch.truncated)
     all_verdicts = gathered(acc, verdicts)
     # per-verifier means over the rows each scored (routing may leave a process without any): global sums
@@ -363,6 +365,9 @@ def _step_metrics(t: Trainer, batch, verdicts, groups, local_metrics, timer, syn
             "time/step_s": timer["sync"] - timer["start"],
             "perf/rollout_tokens_per_s": total_tokens / max(rollout_s, 1e-9),
             "perf/tokens_per_s": total_tokens / max(timer["sync"] - timer["start"], 1e-9),
+            "perf/update_tokens": global_sums(acc, [float(batch.prompt_mask.sum()) + float(lengths_local)])[
+                0
+            ],
             "train/lr": lr_of(t.ctx.optimizer),
             "train/step": float(t.step),
         }
@@ -373,8 +378,8 @@ def _step_metrics(t: Trainer, batch, verdicts, groups, local_metrics, timer, syn
 def _print_samples(t: Trainer, groups) -> None:
     shown = [(g, c, r) for g in groups for c, r in zip(g.completions, g.rewards, strict=True)]
     for g, c, reward in shown[: t.recipe.run.log_samples]:
-        print(f"  sample | prompt: {g.row['prompt'][-120:]!r}", flush=True)
-        print(f"         | completion: {c.text[:200]!r} | reward {reward:.3g}", flush=True)
+        say(f"  sample | prompt: {g.row['prompt'][-120:]!r}")
+        say(f"         | completion: {c.text[:200]!r} | reward {reward:.3g}")
 
 
 def _trainer_state(t: Trainer) -> dict:
@@ -392,20 +397,25 @@ def _trainer_state(t: Trainer) -> dict:
 
 def train(recipe: Recipe) -> Path:
     """Run ``recipe`` to completion; returns the run directory. A preference dataset (``data.format``
-    pairs / unpaired) is trained offline by :func:`rlvr.preference.train_offline`."""
-    if recipe.data.format != "prompts":
-        from rlvr.preference import train_offline
-
-        return train_offline(recipe)
-    t = build(recipe)
+    pairs / unpaired) is trained offline by :func:`rlvr.preference.train_offline`. Library output goes to
+    ``run_dir/logs/`` unless ``run.verbose`` (:mod:`rlvr.console`)."""
     run_dir = Path(recipe.run.output_dir)
+    library_log = None if recipe.run.verbose else run_dir / "logs" / process_log_name()
+    with library_output_to(library_log, show=is_main_rank()):
+        if recipe.data.format != "prompts":
+            from rlvr.preference import train_offline
+
+            return train_offline(recipe)
+        return _train_rl(recipe, run_dir)
+
+
+def _train_rl(recipe: Recipe, run_dir: Path) -> Path:
+    t = build(recipe)
     acc = t.accelerator
     if acc.is_main_process:
-        print(
+        say(
             f"rlvr: {recipe.run.steps} steps, {acc.num_processes} process(es) on {acc.device}, "
-            f"engine {recipe.rollout.engine}, {recipe.algorithm.advantage}/{recipe.algorithm.policy_loss}, "
-            f"run dir {run_dir}",
-            flush=True,
+            f"engine {recipe.rollout.engine}, {_algorithm_name(recipe)}, run dir {run_dir}"
         )
     try:
         while t.step < recipe.run.steps:
@@ -422,6 +432,7 @@ def train(recipe: Recipe) -> Path:
             save_checkpoint(acc, run_dir, t.step, _trainer_state(t), recipe.run.keep_last)
         if recipe.run.save_final:
             save_final_model(acc, t.ctx.model, t.tokenizer, run_dir / "final")
+        t.log.finish(run_dir / "final" if recipe.run.save_final else None)
     finally:
         if t.evaluator is not None:
             t.evaluator.close()
@@ -430,6 +441,13 @@ def train(recipe: Recipe) -> Path:
         t.log.close()
     acc.end_training()
     return run_dir
+
+
+def _algorithm_name(recipe: Recipe) -> str:
+    algo = recipe.algorithm
+    if algo.preference is not None:
+        return f"online {algo.preference.loss} pairs ({algo.preference.pairing})"
+    return f"{algo.advantage}/{algo.policy_loss}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,26 @@ class RolloutBatch:
             values[f.name] = value[index] if isinstance(value, torch.Tensor) else value
         return RolloutBatch(**values)
 
+    def trimmed(self) -> RolloutBatch:
+        """The same rows without the padding columns none of them uses: responses cut after the last
+        column any response reaches, prompts (left-padded) before the first column any prompt starts at.
+        Every ``[N, T]`` field is cut like the responses. Positions come from the masks, so a forward on
+        the trimmed rows computes exactly what it computes on the padded ones."""
+        used_t = self.response_mask.bool().any(0).nonzero()
+        width_t = max(1, int(used_t.max()) + 1 if used_t.numel() else 1)
+        used_p = self.prompt_mask.bool().any(0).nonzero()
+        start_p = int(used_p.min()) if used_p.numel() else self.prompt_mask.shape[1] - 1
+        full_t = self.response_ids.shape[1]
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("prompt_ids", "prompt_mask"):
+                value = value[:, start_p:]
+            elif isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == full_t:
+                value = value[:, :width_t]
+            values[f.name] = value
+        return RolloutBatch(**values)
+
     def to(self, device: torch.device | str) -> RolloutBatch:
         values = {}
         for f in fields(self):

@@ -14,41 +14,18 @@ docs/benchmarks.md with this command.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-_WRAPPER = (
-    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
-)
-"""Runs the command given to it and prints the peak RSS (KiB) of its largest descendant."""
+from bench_step import measure_run
 
 
 def measure(recipe: str, steps: int, overrides: list[str]) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "rlvr.train", recipe, f"run.output_dir={tmp}/run", f"run.steps={steps}"]
-        cmd += ["run.save_every=0", "run.save_final=false", "eval.every=0", *overrides]
-        # a fresh wrapper process per run, so that its children's peak is this run's alone
-        wrapper = [sys.executable, "-c", _WRAPPER, *cmd]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.run(wrapper, cwd=ROOT, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-        peak_kb = int(proc.stdout.strip().splitlines()[-1])
-        rows = [json.loads(line) for line in Path(tmp, "run/metrics.jsonl").read_text().splitlines()]
+    rows, peak_gb = measure_run(recipe, steps, overrides)
     later = rows[1:] or rows
     return {
         "step_s": statistics.median(r["time/step_s"] for r in later),
         "update_s": statistics.median(r["time/update_s"] for r in later),
-        "peak_rss_gb": peak_kb / 1024**2,
+        "peak_rss_gb": peak_gb,
     }
 
 

@@ -445,9 +445,9 @@ def test_batch_shape_error_names_the_keys_without_a_dump(tmp_path):
 def test_yaml_1_2_booleans_only_true_and_false(tmp_path):
     """``no`` / ``yes`` / ``on`` / ``off`` are strings (YAML 1.2), so ``train.mixed_precision=no`` works."""
     path = write(tmp_path, f"data:\n  path: {DATA}\nrun:\n  resume: false\n  name: on\n")
-    recipe = load_recipe(path, ["train.mixed_precision=no", "run.tensorboard=true"])
+    recipe = load_recipe(path, ["train.mixed_precision=no", "run.verbose=true"])
     assert recipe.train.mixed_precision == "no" and recipe.run.name == "on"
-    assert recipe.run.resume is False and recipe.run.tensorboard is True
+    assert recipe.run.resume is False and recipe.run.verbose is True
 
 
 SOURCE_ERRORS = [

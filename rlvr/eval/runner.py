@@ -30,6 +30,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rlvr.console import format_duration, library_output_to, say
 from rlvr.eval.benchmarks import (
     BenchmarkSpec,
     Problem,
@@ -423,9 +424,11 @@ def run_benchmark(
             generated += len(chunk.problems)
             tokens += sum(r["response_tokens"] for r in records)
             elapsed = time.perf_counter() - start
+            left = elapsed / generated * (len(pending) - generated)
             say(
                 f"[{spec.name}] {resumed + generated}/{len(problems)} problems"
                 f" | {tokens / max(elapsed, 1e-9):.0f} tok/s"
+                + (f" | left {format_duration(left)}" if generated < len(pending) else "")
             )
     finally:
         if own_scorer:
@@ -644,12 +647,14 @@ def run_eval(
     confidence: float = 0.95,
     resamples: int = 2000,
     engine_extra: dict | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """``rlvr eval``: evaluate ``model`` on ``benchmarks`` (shipped names or spec files) into ``out``.
 
     Writes ``OUT/<benchmark>/{samples.jsonl, settings.json, summary.json, pass_at_k.png}`` and
-    ``OUT/{summary.json, results.md, pass_at_k.png}``; returns ``{benchmark: summary}``.
+    ``OUT/{summary.json, results.md, pass_at_k.png}``; returns ``{benchmark: summary}``. The engine's and
+    the libraries' output goes to ``OUT/logs/eval.log`` unless ``verbose`` (:mod:`rlvr.console`).
     """
     from transformers import AutoTokenizer
 
@@ -713,39 +718,40 @@ def run_eval(
         extra=dict(engine_extra or {}),
     )
     log(f"starting the {engine} engine ({device}, {dtype}, max_model_len {engine_len})")
-    rollout = ENGINES.get(engine)(model_path, options)
     summaries: dict[str, Any] = {}
-    try:
-        for spec, sampling, chosen, problems in loaded:
-            bench_dir = out_dir / spec.name
-            settings = settings_of(spec, sampling, seed, model_path, engine)
-            try:
-                summary = run_benchmark(
-                    rollout,
-                    spec,
-                    problems,
-                    sampling=sampling,
-                    ks=chosen,
-                    seed=seed,
-                    out_dir=bench_dir,
-                    settings=settings,
-                    overwrite=overwrite,
-                    chunk_size=chunk_size,
-                    num_workers=num_workers,
-                    confidence=confidence,
-                    resamples=resamples,
-                    log=log,
-                )
-            except KeyboardInterrupt:
-                log(f"interrupted: finished problems are in {bench_dir / SAMPLES_FILE}; rerun to resume")
-                raise
-            summary["model"] = str(model)  # as the user named it
-            summary["model_path"] = model_path
-            summary["engine"] = engine
-            report.write_benchmark(bench_dir, summary)
-            summaries[spec.name] = summary
-    finally:
-        rollout.close()
+    with library_output_to(None if verbose else out_dir / "logs" / "eval.log"):
+        rollout = ENGINES.get(engine)(model_path, options)
+        try:
+            for spec, sampling, chosen, problems in loaded:
+                bench_dir = out_dir / spec.name
+                settings = settings_of(spec, sampling, seed, model_path, engine)
+                try:
+                    summary = run_benchmark(
+                        rollout,
+                        spec,
+                        problems,
+                        sampling=sampling,
+                        ks=chosen,
+                        seed=seed,
+                        out_dir=bench_dir,
+                        settings=settings,
+                        overwrite=overwrite,
+                        chunk_size=chunk_size,
+                        num_workers=num_workers,
+                        confidence=confidence,
+                        resamples=resamples,
+                        log=log,
+                    )
+                except KeyboardInterrupt:
+                    log(f"interrupted: finished problems are in {bench_dir / SAMPLES_FILE}; rerun to resume")
+                    raise
+                summary["model"] = str(model)  # as the user named it
+                summary["model_path"] = model_path
+                summary["engine"] = engine
+                report.write_benchmark(bench_dir, summary)
+                summaries[spec.name] = summary
+        finally:
+            rollout.close()
     report.write_report(out_dir, summaries, model=str(model))
     log(report.markdown_table(summaries))
     log(f"results: {out_dir}")

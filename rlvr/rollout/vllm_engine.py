@@ -60,14 +60,17 @@ def _engine_environment(device: str) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _unshared_cpu_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors for safetensors, which refuses tensors sharing memory (tied weights).
+def _unshared_cpu_tensors(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors for safetensors, which refuses tensors sharing memory (tied weights), cast
+    to ``dtype`` (the engine's: fewer bytes to write, and nothing for the engine to convert on load).
 
     Only a tensor whose storage was already seen is copied; the others are written as they are.
     """
     out, seen = {}, set()
     for name, tensor in named_tensors:
-        tensor = tensor.detach().to("cpu").contiguous()
+        tensor = tensor.detach().to("cpu", dtype=dtype if tensor.is_floating_point() else None).contiguous()
         pointer = tensor.untyped_storage().data_ptr()
         out[name] = tensor.clone() if pointer in seen else tensor
         seen.add(pointer)
@@ -107,6 +110,7 @@ class VLLMEngine:
         with _engine_environment(options.device):
             self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.weight_dtype = self.llm.model_config.dtype  # the engine computes in it (a torch dtype)
         self.last_sync_s = 0.0
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
@@ -161,7 +165,7 @@ class VLLMEngine:
         fd, path = tempfile.mkstemp(prefix="rlvr-weights-", suffix=".safetensors", dir=shm)
         os.close(fd)
         try:
-            save_file(_unshared_cpu_tensors(named_tensors), path)
+            save_file(_unshared_cpu_tensors(named_tensors, self.weight_dtype), path)
             self.llm.collective_rpc("rlvr_load_weights", args=(path,))
             self.llm.reset_prefix_cache()
         finally:

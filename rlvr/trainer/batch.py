@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -14,6 +14,29 @@ from rlvr.types import RolloutBatch
 def pad_id(tokenizer) -> int:
     """The id responses and prompts are padded with: the tokenizer's pad token, else its EOS token."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def micro_batch_rows(batch: RolloutBatch, size: int, by_length: bool) -> list[torch.Tensor]:
+    """The row indices of ``batch``'s micro-batches of ``size`` rows: consecutive rows, or with
+    ``by_length`` the rows ordered by length first (prompt + response, longest first; stable), so that rows
+    of similar length share a micro-batch and a short one is not padded to the batch's longest."""
+    order = torch.arange(len(batch), device=batch.response_ids.device)
+    if by_length:
+        lengths = batch.response_mask.sum(1) + batch.prompt_mask.sum(1)  # [N]
+        order = torch.sort(lengths, descending=True, stable=True).indices
+    return [order[start : start + size] for start in range(0, len(batch), size)]
+
+
+def micro_batches(batch: RolloutBatch, size: int, by_length: bool) -> Iterator[RolloutBatch]:
+    """``batch`` in the micro-batches of :func:`micro_batch_rows`, each without the padding columns none of
+    its rows uses (:meth:`RolloutBatch.trimmed`).
+
+    The count of micro-batches is that of consecutive slices, and every loss is normalised by counts of
+    the whole mini-batch, so the accumulated gradient does not depend on which rows share a micro-batch.
+    (Losses that select tokens within a micro-batch, such as clip_cov / kl_cov / lp_reg, select among the
+    rows they are given.)"""
+    for rows in micro_batch_rows(batch, size, by_length):
+        yield batch.select(rows).trimmed()
 
 
 def make_batch(

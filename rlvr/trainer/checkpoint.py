@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rlvr.config import Recipe, RecipeError
+from rlvr.console import say
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -180,7 +181,7 @@ def choose_checkpoint(accelerator: Accelerator, output_dir: str | Path) -> Choic
                 chosen,
             )
         if not (root / chosen / MANIFEST).is_file():
-            print(f"note: checkpoint {chosen} has no {MANIFEST} (older rlvr): loaded unverified", flush=True)
+            say(f"note: checkpoint {chosen} has no {MANIFEST} (older rlvr): loaded unverified")
     accelerator.wait_for_everyone()
     return Choice(root / chosen, skipped)
 
@@ -217,11 +218,13 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "run.save_every": "used from now on",
     "run.keep_last": "used from the next save on",
     "run.save_final": "used at the end",
-    "run.tensorboard": "used from now on",
+    "run.report_to": "used from now on",
+    "run.verbose": "used from now on",
     "run.log_samples": "used from now on",
     "eval": "the evaluator is built from the new settings",
     "train.lr": "applied: the optimizer's learning rate and the schedule's base rate are reset to it",
     "train.warmup_steps": "applied: the schedule is recomputed at the restored optimizer step",
+    "train.sort_by_length": "used from now on",
     "algorithm.critic.lr": "applied: the critic's learning rate and base rate are reset to it",
     "model.gradient_checkpointing": "used from now on (memory only)",
     "model.attn_implementation": "used from now on (kernel choice)",

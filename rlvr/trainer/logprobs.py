@@ -22,6 +22,7 @@ import torch
 
 from rlvr.algorithms import minp_proxy_logprobs
 from rlvr.registry import Registry
+from rlvr.trainer.batch import micro_batch_rows
 from rlvr.types import RolloutBatch
 
 
@@ -123,11 +124,16 @@ def fill_fields(
     forwards: Mapping[str, Callable[[RolloutBatch], torch.Tensor]],
     micro: int,
     device: torch.device | str | None = None,
+    by_length: bool = True,
 ) -> list[str]:
     """Compute the ``requests`` (field -> statistic parameters) that ``batch`` lacks and that have a source
     in :data:`BATCH_FIELDS`, ``micro`` rows at a time, one forward per model (``forwards[model](chunk)``),
     each chunk moved to ``device``; store them on ``batch``, on the batch's own device (the step keeps its
-    batch on the CPU, so advantages are computed there, deterministically). Returns the names it filled."""
+    batch on the CPU, so advantages are computed there, deterministically). Returns the names it filled.
+
+    The chunks are the update's micro-batches (:func:`rlvr.trainer.batch.micro_batch_rows` with
+    ``by_length``, cut to their longest row), so the policy's log-probs here are computed on the same
+    rows, in the same shapes, as in the update's first pass."""
     wanted = {
         name: params
         for name, params in requests.items()
@@ -139,16 +145,16 @@ def fill_fields(
     for model, names in by_model.items():
         if model not in forwards:
             raise RuntimeError(f"batch field(s) {names} need the {model} model, which this run did not build")
-        parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-        for i in range(0, len(batch), micro):
-            chunk = batch.select(slice(i, i + micro))
+        filled = {name: torch.zeros(batch.response_mask.shape) for name in names}  # [N, T]
+        for rows in micro_batch_rows(batch, micro, by_length):
+            chunk = batch.select(rows).trimmed()
             if device is not None:
                 chunk = chunk.to(device)
             output = forwards[model](chunk)
             for name in names:
                 statistic = BATCH_FIELDS.get(name).statistic
-                value = statistic(output, chunk.response_ids, **wanted[name])  # [n, T]
-                parts[name].append(value.to(batch.response_ids.device))
+                value = statistic(output, chunk.response_ids, **wanted[name])  # [n, t]
+                filled[name][rows.cpu(), : value.shape[1]] = value.float().cpu()
         for name in names:
-            setattr(batch, name, torch.cat(parts[name], dim=0))  # [N, T]
+            setattr(batch, name, filled[name].to(batch.response_ids.device))  # [N, T]
     return sorted(wanted)

@@ -1,4 +1,4 @@
-"""Step metrics to ``metrics.jsonl`` in the run directory, the console, and tensorboard when installed.
+"""Step metrics to ``metrics.jsonl`` in the run directory, the trackers of ``run.report_to``, the console.
 
 Every metric name is listed, with its meaning, in ``docs/metrics.md``. A resumed run first drops the rows
 logged after the checkpoint it restores (:meth:`MetricsLogger.resume_after`), so every step appears once.
@@ -7,18 +7,31 @@ logged after the checkpoint it restores (:meth:`MetricsLogger.resume_after`), so
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
+from rlvr.console import StepConsole
+
+logger = logging.getLogger(__name__)
+
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = True) -> None:
-        self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.tensorboard_dir = Path(run_dir) / "tensorboard" if enabled and tensorboard else None
+    """Where a step's metrics go: a row of ``metrics.jsonl``, the trackers of ``run.report_to`` (through
+    accelerate's tracker API: ``accelerator.init_trackers`` / ``accelerator.log``, with the recipe as the
+    run's config) and the console's step line (:class:`rlvr.console.StepConsole`). Only the main process
+    writes; :meth:`finish` draws the plots and prints the summary when the run ends."""
+
+    def __init__(self, run_dir: str | Path, accelerator, recipe) -> None:
+        self.enabled = accelerator.is_main_process
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.accelerator = accelerator
+        self.recipe = recipe
+        self.console = StepConsole(recipe.run.steps, self.enabled)
         self.purge_step: int | None = None
-        self.writer = None  # created at the first row, after a resume has set purge_step
+        self.trackers_started = False  # at the first row, after a resume has set purge_step
 
     def resume_after(self, step: int) -> int:
         """Continue after ``step``: drop the rows past it from ``metrics.jsonl`` (a run killed after logging
@@ -30,13 +43,8 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        if self.writer is None and self.tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.tensorboard_dir), purge_step=self.purge_step)
-            except ImportError:
-                self.tensorboard_dir = None
+        if not self.trackers_started:
+            self._start_trackers()
         row = {
             "step": step,
             "time": round(time.time(), 3),
@@ -44,15 +52,70 @@ class MetricsLogger:
         }
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.writer is not None:
-            for key, value in metrics.items():
-                self.writer.add_scalar(key, value, step)
-            self.writer.flush()
-        print(console_line(step, metrics), flush=True)
+        if self.accelerator.trackers:
+            self.accelerator.log(metrics, step=step)
+        self.console.step(step, metrics)
+
+    def _start_trackers(self) -> None:
+        self.trackers_started = True
+        if not self.accelerator.log_with:
+            return
+        init_kwargs = {"wandb": {"name": self.recipe.run.name, "dir": str(self.run_dir)}}
+        if self.purge_step is not None:
+            init_kwargs["tensorboard"] = {"purge_step": self.purge_step}
+        self.accelerator.init_trackers(
+            self.recipe.run.name, config=tracker_config(self.recipe), init_kwargs=init_kwargs
+        )
+
+    def finish(self, final_dir: Path | None) -> None:
+        """At the end of a run: the plots in ``run_dir/plots`` and the console summary. A plot that cannot
+        be drawn is a warning, never a lost run."""
+        if not self.enabled:
+            return
+        lines = []
+        if final_dir is not None:
+            lines.append(f"model:   {final_dir}")
+        lines.append(f"metrics: {self.path}")
+        try:
+            from rlvr.plots import write_plots
+
+            plots = write_plots([self.run_dir], self.run_dir / "plots")
+            lines.append(f"plots:   {self.run_dir / 'plots'} ({len(plots)} figures)")
+        except Exception as exc:  # noqa: BLE001 - a plot must not cost the run
+            logger.warning("no plots written: %s: %s", type(exc).__name__, exc)
+        if self.accelerator.trackers:
+            names = ", ".join(t.name for t in self.accelerator.trackers)
+            lines.append(f"trackers: {names} in {tracker_dir(self.run_dir)}")
+        library_log = self.run_dir / "logs"
+        if library_log.is_dir():
+            lines.append(f"library output: {library_log}")
+        self.console.summary(self.run_dir, lines)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.console.close()
+
+
+def tracker_dir(run_dir: str | Path) -> Path:
+    """Where trackers with local files write (tensorboard: ``trackers/<run.name>``)."""
+    return Path(run_dir) / "trackers"
+
+
+def tracker_config(recipe) -> dict[str, str | int | float | bool]:
+    """The recipe as a tracker run's config: dotted keys (``train.lr``), each value a number, string or
+    bool (lists, tables and null as JSON text), which every tracker accepts."""
+    flat: dict[str, str | int | float | bool] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, (bool, int, float, str)):
+            flat[prefix] = value
+        else:
+            flat[prefix] = json.dumps(value, default=str)
+
+    walk("", recipe.model_dump(mode="json"))
+    return flat
 
 
 def drop_rows_after(path: str | Path, step: int) -> int:
@@ -80,28 +143,3 @@ def drop_rows_after(path: str | Path, step: int) -> int:
 
 def _round(value: float) -> float:
     return float(f"{value:.6g}")
-
-
-CONSOLE_KEYS = (
-    ("reward", "reward/mean"),
-    ("acc", "reward/accuracy"),
-    ("len", "response/length_mean"),
-    ("loss", "actor/loss"),
-    ("loss", "preference/loss"),
-    ("pref_acc", "preference/rewards/accuracy"),
-    ("margin", "preference/rewards/margin"),
-    ("eval_pref_acc", "eval/pairs/rewards/accuracy"),
-    ("kl", "actor/kl"),
-    ("ent", "actor/entropy"),
-    ("clip", "actor/clip_frac"),
-    ("tok/s", "perf/rollout_tokens_per_s"),
-    ("step_s", "time/step_s"),
-)
-
-
-def console_line(step: int, metrics: dict[str, float]) -> str:
-    parts = [f"step {step:>4}"]
-    for label, key in CONSOLE_KEYS:
-        if key in metrics:
-            parts.append(f"{label} {metrics[key]:.4g}")
-    return " | ".join(parts)

@@ -174,7 +174,7 @@ def preference_update(
             count = global_sums(acc, [float(pairs_here)])[0]
             mini_loss = 0.0
             for m in range(start, start + mini, ctx.micro_batch):
-                micro = epoch_batch.select(slice(m, m + ctx.micro_batch))
+                micro = epoch_batch.select(slice(m, m + ctx.micro_batch)).trimmed()  # pairs stay in order
                 c, r = (
                     _side(epoch_chosen, m, m + ctx.micro_batch),
                     _side(epoch_rejected, m, m + ctx.micro_batch),

@@ -14,6 +14,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from rlvr.config import Recipe, RecipeError, dump_recipe
+from rlvr.console import say
 from rlvr.data import PromptStats, make_sampler
 from rlvr.trainer.checkpoint import (
     STATE_FILE,
@@ -25,6 +26,7 @@ from rlvr.trainer.checkpoint import (
     resume_changes,
 )
 from rlvr.trainer.distributed import gathered_objects
+from rlvr.trainer.metrics import tracker_dir
 from rlvr.trainer.setup import configure_deepspeed, make_accelerator, warn_if_bf16_is_emulated
 
 
@@ -33,12 +35,14 @@ def start_run(recipe: Recipe, layout: dict[str, int]) -> tuple:
     the changed recipe keys and the checkpoint to load, chosen before anything loads (refusals are quick).
     Returns ``(accelerator, run_dir, changes, checkpoint)``; ``changes`` and ``checkpoint`` are None for a
     run that starts at step 1."""
-    accelerator = make_accelerator(layout["grad_accum"], recipe.train.mixed_precision)
+    run_dir = Path(recipe.run.output_dir)
+    accelerator = make_accelerator(
+        layout["grad_accum"], recipe.train.mixed_precision, recipe.run.report_to, tracker_dir(run_dir)
+    )
     if accelerator.is_main_process:
         warn_if_bf16_is_emulated(recipe, accelerator.mixed_precision, accelerator.device.type == "cpu")
     configure_deepspeed(accelerator, layout["micro_batch"], layout["grad_accum"], recipe)
     set_seed(recipe.run.seed, device_specific=False)
-    run_dir = Path(recipe.run.output_dir)
     changes = prepare_run_dir(run_dir, recipe, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     checkpoint = None
@@ -165,7 +169,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, is_main: bool) -> dict[str, t
             else:
                 changes = {}
                 if is_main:
-                    print(f"note: {earlier_recipe} is missing; the recipe cannot be compared", flush=True)
+                    say(f"note: {earlier_recipe} is missing; the recipe cannot be compared")
         elif (run_dir / "metrics.jsonl").exists():
             raise RecipeError(
                 f"{recipe.source}: run.resume: {run_dir} holds metrics.jsonl but no complete checkpoint "
@@ -174,12 +178,13 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, is_main: bool) -> dict[str, t
                 "run.resume) to start over, or choose another run.output_dir"
             )
         elif is_main:
-            print(f"run.resume: nothing to resume in {run_dir} (no checkpoint); starting at step 1")
+            say(f"run.resume: nothing to resume in {run_dir} (no checkpoint); starting at step 1")
     if not is_main:
         return changes
     if earlier and recipe.run.overwrite and not recipe.run.resume:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        for folder in ("plots", "trackers", "tensorboard"):
+            shutil.rmtree(run_dir / folder, ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         (run_dir / "resumes.jsonl").unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,11 +199,11 @@ def record_resume(
     """Say what this resume did, and keep it in the run directory: ``recipe.yaml`` becomes the recipe that
     runs from now on, and ``resumes.jsonl`` gets one row per resume (the restored step and checkpoint, the
     changed keys with old and new values, damaged checkpoints skipped, metric rows dropped)."""
-    print(f"resumed from step {step} in {run_dir} ({checkpoint.path.name})", flush=True)
+    say(f"resumed from step {step} in {run_dir} ({checkpoint.path.name})")
     for key, (old, new) in changes.items():
-        print(f"run.resume: {describe_change(key, old, new)}", flush=True)
+        say(f"run.resume: {describe_change(key, old, new)}")
     if dropped:
-        print(f"run.resume: dropped {dropped} metrics.jsonl row(s) logged after step {step}", flush=True)
+        say(f"run.resume: dropped {dropped} metrics.jsonl row(s) logged after step {step}")
     row = {
         "time": round(time.time(), 3),
         "step": step,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
 from transformers import AutoModelForCausalLM
 
 from rlvr.config import Recipe
@@ -66,8 +66,14 @@ def warn_if_bf16_is_emulated(recipe: Recipe, mixed_precision: str | None, on_cpu
     return warnings
 
 
-def make_accelerator(grad_accum: int, mixed_precision: str | None = None) -> Accelerator:
-    """An Accelerator whose gradient accumulation equals the micro-batches of one optimizer step."""
+def make_accelerator(
+    grad_accum: int,
+    mixed_precision: str | None = None,
+    report_to: list[str] | None = None,
+    logging_dir: str | os.PathLike | None = None,
+) -> Accelerator:
+    """An Accelerator whose gradient accumulation equals the micro-batches of one optimizer step, logging
+    to the trackers ``report_to`` (files of local ones under ``logging_dir``)."""
     handlers = []
     launched = "LOCAL_RANK" in os.environ  # accelerate launch / torchrun: a process group will be created
     if _on_cpu() and launched:
@@ -79,7 +85,11 @@ def make_accelerator(grad_accum: int, mixed_precision: str | None = None) -> Acc
 
             deepspeed.ops.__compatible_ops__ = {}
     return Accelerator(
-        gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, kwargs_handlers=handlers
+        gradient_accumulation_steps=grad_accum,
+        mixed_precision=mixed_precision,
+        kwargs_handlers=handlers,
+        log_with=report_to or None,
+        project_config=ProjectConfiguration(logging_dir=str(logging_dir)) if logging_dir else None,
     )
 
 

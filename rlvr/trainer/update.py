@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from rlvr.algorithms import aggregate
 from rlvr.algorithms.utils import needs_of
 from rlvr.config import Recipe
+from rlvr.trainer.batch import micro_batches
 from rlvr.trainer.components import Component, Requests
 from rlvr.trainer.distributed import global_sums
 from rlvr.trainer.logprobs import response_logprobs
@@ -137,8 +138,7 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                 )
             )
             mini_loss = 0.0
-            for m in range(0, mini, ctx.micro_batch):
-                micro = mini_batch.select(slice(m, m + ctx.micro_batch))
+            for micro in micro_batches(mini_batch, ctx.micro_batch, train.sort_by_length):
                 mask = micro.response_mask  # [n, T]
                 kept = loss_mask(micro)  # [n, T]
                 with acc.accumulate(ctx.model):

@@ -330,6 +330,7 @@ def test_cli_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir):
     assert "pass@4" in summary["skipped_metrics"]
     assert "| gsm8k | 5 |" in (out / "results.md").read_text()
     assert (out / "pass_at_k.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "logs/eval.log").read_text().startswith("=== ")  # the engine's output went there
     # the same command again finds everything done
     assert main([*args, "--workers", "0"]) == 0
     assert json.loads((out / "gsm8k" / "summary.json").read_text())["run"]["generated_problems"] == 0

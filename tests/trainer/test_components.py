@@ -123,8 +123,8 @@ def test_fill_fields_runs_one_forward_per_model_and_micro_batch():
 
     def policy(chunk):
         rows = [int(i) for i in (chunk.response_ids[:, 0] == 3)]  # row 0 starts with 1, row 1 with 3
-        calls.append(len(rows))
-        return logits[torch.tensor(rows)]
+        calls.append((len(rows), chunk.response_ids.shape[1]))
+        return logits[torch.tensor(rows), : chunk.response_ids.shape[1]]  # the chunk's own width
 
     requests = {
         "old_logprobs": {},
@@ -134,11 +134,13 @@ def test_fill_fields_runs_one_forward_per_model_and_micro_batch():
     }
     filled = fill_fields(batch, requests, {"policy": policy}, micro=1)
     assert filled == ["old_entropy", "old_logprobs", "proxy_logprobs"]  # sequence_rewards: already there
-    assert calls == [1, 1]  # one forward per micro-batch for all three statistics
-    torch.testing.assert_close(batch.old_logprobs, token_logprobs(logits, batch.response_ids))
-    torch.testing.assert_close(batch.old_entropy, token_entropy(logits))
+    # one forward per micro-batch for all three statistics; longest row first, each cut to its length
+    assert calls == [(1, 2), (1, 1)]
+    m = batch.response_mask  # response tokens are filled; the cut-off padding stays 0
+    torch.testing.assert_close(batch.old_logprobs, token_logprobs(logits, batch.response_ids) * m)
+    torch.testing.assert_close(batch.old_entropy, token_entropy(logits) * m)
     torch.testing.assert_close(
-        batch.proxy_logprobs, minp_proxy_logprobs(logits, batch.response_ids, kappa=0.3)
+        batch.proxy_logprobs, minp_proxy_logprobs(logits, batch.response_ids, kappa=0.3) * m
     )
     assert fill_fields(batch, requests, {"policy": policy}, micro=1) == []  # nothing left to compute
     batch.ref_logprobs = None

@@ -13,7 +13,7 @@ from rlvr.config import Recipe
 from rlvr.models import build_tiny_model
 from rlvr.trainer.components import build_components
 from rlvr.trainer.logprobs import response_logprobs
-from rlvr.trainer.update import UpdateContext, policy_update
+from rlvr.trainer.update import UpdateContext, micro_batches, policy_update
 from rlvr.types import RolloutBatch
 
 
@@ -84,18 +84,25 @@ def sgd_update(model, recipe: Recipe, batch: RolloutBatch, lr: float, micro: int
     return model, policy_update(ctx, batch)
 
 
-CASES = [(mode, micro, 0.0) for mode in LOSS_AGGREGATIONS for micro in (2, 8)] + [("token-mean", 2, 0.1)]
+CASES = [(mode, micro, 0.0, True) for mode in LOSS_AGGREGATIONS for micro in (2, 4, 8)]
+CASES += [
+    ("token-mean", 2, 0.1, True),
+    ("token-mean", 2, 0.0, False),
+    ("seq-mean-token-sum-norm", 4, 0.0, False),
+]
 
 
-@pytest.mark.parametrize(("mode", "micro", "entropy_coef"), CASES)
-def test_micro_batched_update_equals_full_batch_gradient(tiny_dir, mode, micro, entropy_coef):
+@pytest.mark.parametrize(("mode", "micro", "entropy_coef", "by_length"), CASES)
+def test_micro_batched_update_equals_full_batch_gradient(tiny_dir, mode, micro, entropy_coef, by_length):
+    """Rows dealt into micro-batches by length (or in order), each cut to its own longest row: the
+    accumulated step is the full-batch gradient step, for every aggregation mode."""
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     recipe = Recipe.model_validate(
         {
             "algorithm": {"loss_agg": mode, "entropy_coef": entropy_coef},
             "rollout": {"max_tokens": 8},
-            "train": {"max_grad_norm": 1e9},
+            "train": {"max_grad_norm": 1e9, "sort_by_length": by_length},
         }
     )
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
@@ -141,6 +148,33 @@ def test_token_weights_scale_tokens_and_zero_weights_leave_the_counts(tiny_dir, 
     model, _ = sgd_update(model, recipe, batch, lr, micro=2)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.detach() - before[name], expected[name], atol=1e-6, rtol=1e-4)
+
+
+def test_micro_batches_group_rows_by_length_and_cut_the_padding():
+    batch = random_batch(n=6, p=5, t=6, seed=3)
+    lengths = (batch.response_mask.sum(1) + batch.prompt_mask.sum(1)).tolist()
+    micros = list(micro_batches(batch, 4, by_length=True))
+    assert [len(m) for m in micros] == [4, 2]
+    seen = []
+    for m in micros:
+        # every row is a row of the batch, with its tokens in the same places relative to the cut
+        for i in range(len(m)):
+            match = [
+                j
+                for j in range(len(batch))
+                if torch.equal(batch.response_ids[j, : m.response_ids.shape[1]], m.response_ids[i])
+                and torch.equal(batch.prompt_ids[j, -m.prompt_ids.shape[1] :], m.prompt_ids[i])
+            ]
+            assert len(match) == 1
+            seen.append(match[0])
+        width_t = int(m.response_mask.sum(1).max())
+        assert m.response_ids.shape[1] == width_t and m.advantages.shape[1] == width_t
+        assert m.prompt_ids.shape[1] == int(m.prompt_mask.sum(1).max())
+    assert sorted(seen) == list(range(6))
+    assert [lengths[j] for j in seen] == sorted(lengths, reverse=True)
+    in_order = list(micro_batches(batch, 4, by_length=False))
+    width = in_order[0].response_ids.shape[1]
+    assert torch.equal(in_order[0].response_ids, batch.response_ids[:4, :width])
 
 
 def test_group_permutation_shuffles_whole_groups():
