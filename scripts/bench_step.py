@@ -124,7 +124,9 @@ def main() -> None:
     later = rows[1:] or rows
     med = lambda key: statistics.median(r[key] for r in later)  # noqa: E731
     step, update, sync = med("time/step_s"), med("time/update_s"), med("time/sync_s")
-    floor = 6 * params * med("perf/update_tokens") / (peak * 1e9)
+    floor = None  # rlvr before perf/update_tokens existed: no floor
+    if "perf/update_tokens" in later[0]:
+        floor = 6 * params * med("perf/update_tokens") / (peak * 1e9)
     generated = statistics.median(r["perf/rollout_tokens_per_s"] * r["time/rollout_s"] for r in later)
     print(
         f"# {args.recipe} {' '.join(args.overrides)}: {len(later)} measured steps after 1 warm-up; "
@@ -138,7 +140,8 @@ def main() -> None:
     print(
         f"| {args.label} | {step:.1f} s | {med('time/rollout_s'):.1f} s | {med('time/reward_s'):.2f} s "
         f"| {update:.1f} s | {sync:.2f} s | {generated:.0f} | {med('perf/rollout_tokens_per_s'):.0f} "
-        f"| {floor:.1f} s | {update / floor:.2f}x | {100 * sync / step:.1f}% | {rss_gb:.2f} GB |"
+        + (f"| {floor:.1f} s | {update / floor:.2f}x " if floor else "| - | - ")
+        + f"| {100 * sync / step:.1f}% | {rss_gb:.2f} GB |"
     )
 
 
