@@ -107,9 +107,13 @@ def write_plots(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(keys) :]:
             ax.set_visible(False)
-        if len(runs) > 1:
-            handles, names = axes.flat[0].get_legend_handles_labels()
-            fig.legend(handles, names, loc="upper right", fontsize=8)
+        if len(runs) > 1:  # one legend for the figure: every run that drew a line in some panel
+            shown: dict[str, object] = {}
+            for ax in axes.flat:
+                for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                    shown.setdefault(label, handle)
+            names = [label for label in labels if label in shown]
+            fig.legend([shown[n] for n in names], names, loc="upper right", fontsize=8)
         fig.suptitle(title, fontsize=11)
         fig.tight_layout()
         path = out_dir / f"{name}.png"

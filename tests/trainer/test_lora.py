@@ -118,14 +118,16 @@ def test_lora_dpo_run_saves_merged_model_and_adapter(tmp_path):
 
 @pytest.mark.vllm
 @pytest.mark.distributed
-def test_lora_grpo_on_zero2_engine_matches_merged_model(tmp_path):
-    """Two LoRA GRPO steps under ZeRO-2 with the vLLM engine: the engine's greedy output equals the
-    transformers engine's on the merged weights and the peft model's own (adapter on)."""
+@pytest.mark.parametrize("stage", ["zero1", "zero2", "zero3"])
+def test_lora_grpo_on_zero_engine_matches_merged_model(tmp_path, stage):
+    """Two LoRA GRPO steps under each ZeRO stage with the vLLM engine: the engine's greedy output equals the
+    transformers engine's on the merged weights and the peft model's own (adapter on); under ZeRO-3 the
+    partitioned base and adapter are gathered before merging."""
     out = tmp_path / "out.json"
     script = str(ROOT / "tests/scripts/lora_greedy.py")
     run(
         accelerate(
-            "recipes/accelerate/zero2.yaml",
+            f"recipes/accelerate/{stage}.yaml",
             script,
             str(out),
             str(TINY_RECIPE),
