@@ -15,6 +15,7 @@ from rlvr.config import load_recipe
 from rlvr.models import resolve_model
 from rlvr.rollout import ENGINES, EngineOptions, SamplingConfig
 from rlvr.train import build, run_step
+from rlvr.trainer.setup import unpartitioned
 from rlvr.trainer.weights import gathered_parameters, policy_state
 
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=8)
@@ -52,7 +53,8 @@ def main() -> None:
             tokens = generated[0, len(ids) :].tolist()
             eos = t.tokenizer.eos_token_id
             peft_tokens.append(tokens[: tokens.index(eos) + 1] if eos in tokens else tokens)
-    hf = ENGINES.get("hf")(str(resolve_model(recipe.model.name_or_path)), EngineOptions())
+    with unpartitioned():  # under ZeRO-3 a model built now would be partitioned, as the trainer builds it
+        hf = ENGINES.get("hf")(str(resolve_model(recipe.model.name_or_path)), EngineOptions())
     hf.update_weights(merged)
     hf_tokens = [c.token_ids for c in hf.generate(prompts, GREEDY)]
     Path(out).write_text(
