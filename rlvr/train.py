@@ -333,7 +333,8 @@ def _step_metrics(t: Trainer, batch, verdicts, groups, local_metrics, timer, syn
     acc = t.accelerator
     rewards = gathered(acc, batch.sequence_rewards)  # [N * processes]
     lengths = gathered(acc, batch.response_mask.sum(1))  # [N * processes]
-    lengths_local = batch.response_mask.sum()
+    # prompt + response tokens, without padding: what one pass of the update computes on
+    (update_tokens,) = global_sums(acc, [float(batch.prompt_mask.sum() + batch.response_mask.sum())])
     truncated = gathered(acc, batch.truncated)
     all_verdicts = gathered(acc, verdicts)
     # per-verifier means over the rows each scored (routing may leave a process without any): global sums
@@ -365,9 +366,7 @@ def _step_metrics(t: Trainer, batch, verdicts, groups, local_metrics, timer, syn
             "time/step_s": timer["sync"] - timer["start"],
             "perf/rollout_tokens_per_s": total_tokens / max(rollout_s, 1e-9),
             "perf/tokens_per_s": total_tokens / max(timer["sync"] - timer["start"], 1e-9),
-            "perf/update_tokens": global_sums(acc, [float(batch.prompt_mask.sum()) + float(lengths_local)])[
-                0
-            ],
+            "perf/update_tokens": update_tokens,
             "train/lr": lr_of(t.ctx.optimizer),
             "train/step": float(t.step),
         }
