@@ -2,10 +2,11 @@
 
     python scripts/bench_step.py [--steps 6] [--recipe recipes/bench/grpo_anchor_smollm2.yaml] \
         [--set key=value ...] [--label NAME]
+    python scripts/bench_step.py --make-data     # (re)writes data/anchor/prompts.jsonl
 
-Generates the anchor's prompts (2000 x "What is a + b?" / "What is a - b?" with 2-digit a, b, seed 0), then
-trains ``--steps`` steps of the recipe in a fresh process (``python -m rlvr.train``) and reports, over the
-steps after the first (warm-up):
+Trains ``--steps`` steps of the recipe in a fresh process (``python -m rlvr.train``) on the anchor's
+prompts (``data/anchor/prompts.jsonl``: 2000 x "What is a + b?" / "What is a - b?" with 2-digit a, b,
+seed 0, written by ``--make-data``) and reports, over the steps after the first (warm-up):
 
 * the median step and its phases (rollout, reward, update, weight sync), generated tokens per step and the
   engine's tokens/s;
@@ -32,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHOR = ROOT / "recipes/bench/grpo_anchor_smollm2.yaml"
+ANCHOR_DATA = ROOT / "data/anchor/prompts.jsonl"
 
 _WRAPPER = (
     "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
@@ -43,6 +45,7 @@ _WRAPPER = (
 def anchor_prompts(path: Path, n: int = 2000, seed: int = 0) -> Path:
     """The anchor's prompts: 2-digit addition and subtraction, seeded."""
     rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for _ in range(n):
             a, b = rng.randint(10, 99), rng.randint(10, 99)
@@ -114,13 +117,15 @@ def main() -> None:
     parser.add_argument("--label", default="rlvr", help="the row's name in the table")
     parser.add_argument("--model", default="smollm2-135m-instruct", help="for the parameter count")
     parser.add_argument("--dtype", default="bfloat16", help="the update's compute dtype, for the peak")
+    parser.add_argument("--make-data", action="store_true", help=f"write {ANCHOR_DATA.relative_to(ROOT)}")
     args = parser.parse_args()
+    if args.make_data:
+        print(anchor_prompts(ANCHOR_DATA))
+        return
 
     peak = matmul_peak_gflops(args.dtype)
     params = num_parameters(args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = anchor_prompts(Path(tmp) / "anchor.jsonl")
-        rows, rss_gb = measure_run(args.recipe, args.steps, [f"data.path={data}", *args.overrides])
+    rows, rss_gb = measure_run(args.recipe, args.steps, args.overrides)
     later = rows[1:] or rows
     med = lambda key: statistics.median(r[key] for r in later)  # noqa: E731
     step, update, sync = med("time/step_s"), med("time/update_s"), med("time/sync_s")
