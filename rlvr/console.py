@@ -27,25 +27,28 @@ from typing import TextIO
 _console: TextIO | None = None  # the real terminal while library output is redirected; None otherwise
 
 
-def say(message: str) -> None:
-    """Print one of rlvr's own lines to the console (also while library output goes to a log file)."""
-    stream = _console or sys.stdout
-    print(message, file=stream, flush=True)
-
-
 def console_stream() -> TextIO:
+    """The real terminal's stdout, also while library output goes to a log file."""
     return _console or sys.stdout
 
 
+def say(message: str) -> None:
+    """Print one of rlvr's own lines to the console (also while library output goes to a log file)."""
+    print(message, file=console_stream(), flush=True)
+
+
+def _launcher_rank() -> int:
+    """The launcher's rank of this process (0 without a launcher), known before any accelerator exists."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def is_main_rank() -> bool:
-    """This process is the launcher's rank 0 (or there is no launcher); decided before any accelerator
-    exists."""
-    return int(os.environ.get("RANK", "0") or 0) == 0
+    return _launcher_rank() == 0
 
 
 def process_log_name() -> str:
     """``train.log`` for the main process (rank 0, or no launcher), ``rank<N>.log`` for the others."""
-    rank = int(os.environ.get("RANK", "0") or 0)
+    rank = _launcher_rank()
     return "train.log" if rank == 0 else f"rank{rank}.log"
 
 
@@ -135,7 +138,7 @@ CONSOLE_KEYS = (
 
 
 def console_line(step: int, metrics: dict[str, float]) -> str:
-    """The step's line: ``step 12/30 | reward 0.41 | acc 0.41 | len 7.2 | ... | step_s 21.3``, with every
+    """The step's line: ``step   12 | reward 0.41 | acc 0.41 | len 7.2 | ... | step_s 21.3``, with every
     evaluation metric of the form ``eval/<benchmark>/pass@<k>`` appended."""
     parts = [f"step {step:>4}"]
     for label, key in CONSOLE_KEYS:
@@ -185,16 +188,15 @@ class StepConsole:
             self.bar.close()
             self.bar = None
 
-    def summary(self, run_dir: Path, lines: list[str]) -> None:
+    def summary(self, run_dir: Path, rows: list[dict], lines: list[str]) -> None:
         """The end-of-run summary: steps and wall time of this process, the headline metric over the first
-        and last steps (from ``metrics.jsonl``, so resumes count), and where the outputs are."""
+        and last of the run's metric ``rows`` (all of ``metrics.jsonl``, so resumes count), and where the
+        outputs are (``lines``)."""
         self.close()
         if not self.enabled:
             return
         wall = time.perf_counter() - self.started
-        rows = read_metrics(run_dir / "metrics.jsonl")
-        steps = len(rows)
-        say(f"done: {steps} steps logged in {run_dir} ({format_duration(wall)} in this process)")
+        say(f"done: {len(rows)} steps logged in {run_dir} ({format_duration(wall)} in this process)")
         trend = first_last(rows)
         if trend:
             say(trend)

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rlvr.console import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 ANCHOR = ROOT / "recipes/bench/grpo_anchor_smollm2.yaml"
 ANCHOR_DATA = ROOT / "data/anchor/prompts.jsonl"
@@ -78,7 +80,7 @@ def measure_run(recipe: str | Path, steps: int, overrides: list[str]) -> tuple[l
             tail = log.read_text()[-3000:] if log.is_file() else proc.stderr[-3000:]
             raise SystemExit(f"{' '.join(cmd)} failed:\n{tail}")
         peak_kb = int(proc.stdout.strip().splitlines()[-1])
-        rows = [json.loads(line) for line in Path(tmp, "run/metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(Path(tmp, "run/metrics.jsonl"))
     return rows, peak_kb / 1024**2
 
 

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from rlvr.console import StepConsole
+from rlvr.console import StepConsole, read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class MetricsLogger:
         library_log = self.run_dir / "logs"
         if library_log.is_dir():
             lines.append(f"library output: {library_log}")
-        self.console.summary(self.run_dir, lines)
+        self.console.summary(self.run_dir, read_metrics(self.path), lines)
 
     def close(self) -> None:
         self.console.close()
