@@ -28,7 +28,7 @@ from rlvr.config import Recipe, RecipeError, load_recipe
 from rlvr.console import is_main_rank, library_output_to, process_log_name, say
 from rlvr.data import PromptStats, load_prompts
 from rlvr.models import resolve_model
-from rlvr.rollout import ENGINES, EngineOptions, RolloutEngine
+from rlvr.rollout import ENGINES, RolloutEngine
 from rlvr.scoring import RewardSpec, Scorer, ScoringError, build_reward_model
 from rlvr.trainer.batch import batch_of_groups, pad_id
 from rlvr.trainer.checkpoint import (
@@ -38,7 +38,7 @@ from rlvr.trainer.checkpoint import (
 )
 from rlvr.trainer.collect import collect
 from rlvr.trainer.components import Component, Requests, build_components, merge_requests, requests_of
-from rlvr.trainer.distributed import gathered, global_means, global_sums
+from rlvr.trainer.distributed import gathered, global_means, global_sums, whole_batch
 from rlvr.trainer.evaluation import PeriodicEvaluator
 from rlvr.trainer.logprobs import BATCH_FIELDS, critic_output, fill_fields, policy_output
 from rlvr.trainer.metrics import MetricsLogger
@@ -52,6 +52,7 @@ from rlvr.trainer.run import (
     start_run,
 )
 from rlvr.trainer.setup import (
+    engine_options,
     load_policy,
     lr_of,
     make_optimizer,
@@ -169,16 +170,7 @@ def build(recipe: Recipe) -> Trainer:
         forwards["critic"] = critic_output(model)
 
     r = recipe.rollout
-    options = EngineOptions(
-        dtype=r.dtype or recipe.model.dtype,
-        max_model_len=r.max_model_len or recipe.data.max_prompt_tokens + r.max_tokens,
-        seed=recipe.run.seed + accelerator.process_index,
-        gpu_memory_utilization=r.gpu_memory_utilization,
-        kv_cache_gb=r.kv_cache_gb,
-        enforce_eager=r.enforce_eager,
-        device=str(accelerator.device),
-        temperature_schedule=r.ead is not None,
-    )
+    options = engine_options(recipe, str(accelerator.device), accelerator.process_index)
     with unpartitioned():
         engine = ENGINES.get(r.engine)(model_path, options)
     base_dir = Path(recipe.source).resolve().parent if recipe.source else None
@@ -307,16 +299,24 @@ def run_step(t: Trainer) -> dict[str, float]:
 
 def policy_gradient_update(t: Trainer, batch) -> dict[str, float]:
     """Steps 5-7 of RL: advantages (from inputs the components may shape first, e.g. a KL penalty in the
-    reward), what the components derive from them (critic returns, token weights), the policy update."""
-    inputs = AdvantageInputs.from_batch(batch)
+    reward), what the components derive from them (critic returns, token weights), the policy update.
+
+    Advantages and what the components derive are computed on the whole batch of all processes
+    (:func:`~rlvr.trainer.distributed.whole_batch`), so batch statistics are those of the global batch;
+    each process keeps its own rows for the update."""
+    whole, own = whole_batch(t.accelerator, batch)
+    inputs = AdvantageInputs.from_batch(whole)
     step_metrics: dict[str, float] = {}
     for component in t.components:
-        inputs, shaped = component.shape(inputs, batch)
+        inputs, shaped = component.shape(inputs, whole)
         step_metrics.update(shaped)
     estimator, estimator_kwargs = t.advantage
-    batch.advantages = estimator(inputs, **estimator_kwargs)  # [N, T]
+    whole.advantages = estimator(inputs, **estimator_kwargs)  # [N_all, T_all]
     for component in t.components:
-        step_metrics.update(component.after_advantages(batch, inputs))
+        step_metrics.update(component.after_advantages(whole, inputs))
+    for name in (f.name for f in dataclasses.fields(batch)):  # what this stage added: advantages, ...
+        if getattr(batch, name) is None and getattr(whole, name) is not None:
+            setattr(batch, name, own(getattr(whole, name)))  # [N, T]
     step_metrics.update(policy_update(t.ctx, batch))
     return step_metrics
 

@@ -1,9 +1,19 @@
-"""Rollout throughput: vLLM vs the transformers reference engine, and the cost of a weight sync.
+"""Rollout throughput: vLLM vs the transformers reference engine, the cost of a weight sync, and rlvr's
+vLLM engine against bare vLLM ``generate`` at a recipe's shape.
 
     python scripts/bench_rollout.py --model smollm2-135m-instruct --prompts 8 --n 8 --max-tokens 32
+    python scripts/bench_rollout.py --recipe recipes/bench/grpo_anchor_smollm2.yaml --repeats 5
 
-Prompts come from the quickstart data (chat template applied). Prints generated tokens/s for each engine
-(median of --repeats runs after one warm-up) and the median weight-sync time into vLLM.
+Without ``--recipe``, prompts come from the quickstart data (chat template applied); prints generated
+tokens/s for each engine (median of --repeats runs after one warm-up) and the median weight-sync time into
+vLLM.
+
+With ``--recipe``, both engines are built as training builds them (dtype, context, KV cache) and sample as
+a training step does (``prompts_per_step`` prompts x ``num_generations``, the recipe's temperature, top-p
+and token limit; batch i is the recipe's prompts i*k .. i*k+k-1). "bare" is ``vllm.LLM.generate`` with
+vLLM's defaults otherwise and one SamplingParams for the batch (no log-probs, no prefix cache, no
+per-prompt seeds); "rlvr" is :class:`rlvr.rollout.vllm_engine.VLLMEngine.generate`, which returns each
+token's log-prob. The engines run one after the other on the same batches.
 """
 
 from __future__ import annotations
@@ -31,8 +41,86 @@ def tokens_per_s(engine, prompts, sampling, repeats: int) -> float:
     return statistics.median(rates)
 
 
+def recipe_rates(recipe_path: str, repeats: int, overrides: list[str], variants: list[str]) -> None:
+    """Tokens/s of bare vLLM and of rlvr's engine at ``recipe_path``'s rollout shape (module docstring)."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from rlvr.config import load_recipe
+    from rlvr.trainer.collect import sampling_config
+    from rlvr.trainer.setup import engine_options
+
+    recipe = load_recipe(recipe_path, overrides)
+    path = str(resolve_model(recipe.model.name_or_path))
+    rows = load_prompts(recipe.data, AutoTokenizer.from_pretrained(path))
+    k = recipe.train.prompts_per_step
+    batches = [[rows[i]["prompt_ids"] for i in range(b * k, b * k + k)] for b in range(repeats + 1)]
+    options = engine_options(recipe)
+    sampling = sampling_config(recipe, seed=recipe.run.seed, step=0)
+    print(
+        f"{recipe_path}: {k} prompts x {sampling.n} samples x <= {sampling.max_tokens} tokens, "
+        f"T={sampling.temperature}, {options.dtype}, enforce_eager={options.enforce_eager}; "
+        f"medians over batches 1..{repeats} (batch 0 warms up)"
+    )
+
+    def bare() -> list[tuple[int, float]]:
+        llm = LLM(
+            model=path,
+            dtype=options.dtype,
+            seed=options.seed,
+            max_model_len=options.max_model_len,
+            kv_cache_memory_bytes=int(options.kv_cache_gb * (1 << 30)),
+            enable_chunked_prefill=False,
+            enforce_eager=options.enforce_eager,
+        )
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+        )
+        out = []
+        for batch in batches:
+            start = time.perf_counter()
+            results = llm.generate(
+                [TokensPrompt(prompt_token_ids=ids) for ids in batch], params, use_tqdm=False
+            )
+            seconds = time.perf_counter() - start
+            out.append((sum(len(s.token_ids) for r in results for s in r.outputs), seconds))
+        llm.llm_engine.engine_core.shutdown()
+        return out
+
+    def ours() -> list[tuple[int, float]]:
+        engine = ENGINES.get("vllm")(path, options)
+        out = []
+        for i, batch in enumerate(batches):
+            start = time.perf_counter()
+            completions = engine.generate(batch, SamplingConfig(**{**sampling.__dict__, "seed": i}))
+            out.append((sum(len(c.token_ids) for c in completions), time.perf_counter() - start))
+        engine.close()
+        return out
+
+    rates = {}
+    for name, run in (("bare", bare), ("rlvr", ours)):
+        if name not in variants:
+            continue
+        measured = run()[1:]
+        rates[name] = statistics.median(tokens / seconds for tokens, seconds in measured)
+        per_batch = statistics.median(seconds for _, seconds in measured)
+        tokens = statistics.median(tokens for tokens, _ in measured)
+        print(f"{name:>5}: {rates[name]:7.1f} tokens/s, {per_batch:6.2f} s/batch, {tokens:.0f} tokens/batch")
+    if len(rates) == 2:
+        print(f"rlvr / bare throughput: {rates['rlvr'] / rates['bare']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument(
+        "--recipe", help="compare rlvr's vLLM engine with bare vLLM at this recipe's rollout shape"
+    )
+    ap.add_argument("--variants", nargs="+", default=["bare", "rlvr"], help="with --recipe: what to run")
+    ap.add_argument("overrides", nargs="*", help="with --recipe: recipe overrides, key=value")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--n", type=int, default=8)
@@ -41,6 +129,9 @@ def main() -> None:
     ap.add_argument("--engines", nargs="+", default=["vllm", "hf"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
+    if args.recipe:
+        recipe_rates(args.recipe, args.repeats, args.overrides, args.variants)
+        return
 
     path = str(resolve_model(args.model))
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -166,8 +166,9 @@ def forking_tokens(
     function of the entropies alone, independent of the order of the tokens in the batch. (A batch whose
     entropies are mostly equal, e.g. many exact zeros, can thus keep more than ``q`` of its tokens.) The
     product ``q * num_valid`` is rounded up after subtracting ``1e-6``, so float error in ``q`` (``0.1 * 30 =
-    3.0000000000000004``) does not add a token. The "batch" is what this call sees: under data parallelism
-    each process selects among its own tokens. The entropies are those of the trainer's policy before the
+    3.0000000000000004``) does not add a token. The "batch" is what this call sees: the trainer passes the
+    whole batch of all processes (:func:`rlvr.trainer.distributed.whole_batch`), so the threshold does not
+    depend on the number of processes. The entropies are those of the trainer's policy before the
     update (``inputs.old_entropy``), so the selection is fixed for all updates on one batch.
 
     Args:

@@ -63,7 +63,10 @@ def merge_requests(*parts: Requests) -> Requests:
 
 
 class Component:
-    """No-op hooks; a component overrides the ones it takes part in."""
+    """No-op hooks; a component overrides the ones it takes part in.
+
+    ``shape`` and ``after_advantages`` see the whole batch of all processes (the fields they set are cut
+    back to each process's rows); ``token_loss`` and ``aux_loss`` see one micro-batch of this process."""
 
     state_key: str | None = None
     needs: Requests = {}

@@ -6,10 +6,13 @@ as float64 (sums, means) or in their own dtype (gathers); every process gets the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import fields
 
 import torch
 from accelerate import Accelerator
+
+from rlvr.types import RolloutBatch
 
 
 def global_sums(accelerator: Accelerator, values: list[float]) -> list[float]:
@@ -63,3 +66,63 @@ def gathered_objects(accelerator: Accelerator, items: list) -> list:
 def gathered(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` of every process concatenated along dim 0, as float32 on the CPU."""
     return accelerator.gather(tensor.to(accelerator.device)).float().cpu()
+
+
+def whole_batch(accelerator: Accelerator, batch: RolloutBatch) -> tuple[RolloutBatch, Callable]:
+    """The step's batch of every process, concatenated in process order, and a function that cuts this
+    process's rows back out of a tensor of the whole batch's shape (``[N_all]`` or ``[N_all, T_all]``).
+
+    Batch-level statistics (advantage normalisation over the batch, DGPO's question weights, the entropy
+    quantile of forking tokens) are computed on the whole batch, so they do not depend on how many
+    processes share it. Rows are padded to the widest process's columns (responses on the right,
+    prompts on the left, with 0 / a 0 mask), exactly as :func:`rlvr.trainer.batch.make_batch` pads one
+    process's batch, so the whole batch equals the batch one process would build from the same samples.
+    """
+    n, width = len(batch), batch.response_ids.shape[1]
+    if accelerator.num_processes == 1:
+        return batch, lambda tensor: tensor
+    shapes = accelerator.gather(
+        torch.tensor([[n, width, batch.prompt_ids.shape[1]]], device=accelerator.device)
+    )
+    shapes = shapes.cpu().tolist()  # [processes, 3]
+    rows_max, width_max, prompt_max = (max(column) for column in zip(*shapes, strict=True))
+    start = sum(rows for rows, _, _ in shapes[: accelerator.process_index])
+    values = {}
+    for f in fields(batch):
+        value = getattr(batch, f.name)
+        if not isinstance(value, torch.Tensor):
+            values[f.name] = value
+            continue
+        left = f.name.startswith("prompt_")
+        padded = _padded(value, rows_max, prompt_max if left else width_max, left)
+        every = accelerator.gather(padded.to(accelerator.device)).to(
+            value.device
+        )  # [processes * rows_max, ...]
+        if value.dtype == torch.bool:
+            every = every.bool()
+        values[f.name] = torch.cat(
+            [every[p * rows_max : p * rows_max + rows] for p, (rows, _, _) in enumerate(shapes)]
+        )
+
+    def own(tensor: torch.Tensor) -> torch.Tensor:
+        mine = tensor[start : start + n]
+        return mine[:, :width] if mine.dim() >= 2 else mine
+
+    return RolloutBatch(**values), own
+
+
+def _padded(tensor: torch.Tensor, rows: int, columns: int, left: bool) -> torch.Tensor:
+    """``tensor`` ``[n]`` or ``[n, c]`` padded with zeros to ``rows`` rows and (2-D) ``columns`` columns,
+    on the left when ``left``; bool becomes uint8 (gathers of bool are not supported by every backend)."""
+    if tensor.dtype == torch.bool:
+        tensor = tensor.to(torch.uint8)
+    out = torch.zeros(
+        (rows, *((columns,) if tensor.dim() >= 2 else ())), dtype=tensor.dtype, device=tensor.device
+    )
+    if tensor.dim() >= 2:
+        c = tensor.shape[1]
+        target = out[: tensor.shape[0], columns - c :] if left else out[: tensor.shape[0], :c]
+        target.copy_(tensor)
+    else:
+        out[: tensor.shape[0]].copy_(tensor)
+    return out

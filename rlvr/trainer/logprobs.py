@@ -26,8 +26,10 @@ from rlvr.trainer.batch import micro_batch_rows
 from rlvr.types import RolloutBatch
 
 
-def response_logits(model: torch.nn.Module, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
-    """``[N, T, V]`` float32 logits / temperature; position t is the distribution of response token t."""
+def last_logits(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+    """``[N, T, V]`` logits in the model's compute dtype; position t is the distribution of response token
+    t. Only the last T+1 positions are turned into logits (``logits_to_keep``), which saves a [N, P, V]
+    tensor."""
     input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)  # [N, P+T]
     attention = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)  # [N, P+T]
     position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+T]
@@ -39,7 +41,12 @@ def response_logits(model: torch.nn.Module, batch: RolloutBatch, temperature: fl
         logits_to_keep=width_t + 1,
         use_cache=False,
     )
-    return out.logits[:, :-1, :].float() / temperature  # [N, T, V]
+    return out.logits[:, :-1, :]  # [N, T, V]
+
+
+def response_logits(model: torch.nn.Module, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
+    """``[N, T, V]`` float32 logits / temperature; position t is the distribution of response token t."""
+    return last_logits(model, batch).float() / temperature  # [N, T, V]
 
 
 def token_logprobs(
@@ -59,6 +66,71 @@ def token_entropy(logits: torch.Tensor, log_z: torch.Tensor | None = None) -> to
     return log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # [N, T]
 
 
+CHUNK_ELEMENTS = 1 << 19
+"""Logits handled at once by :class:`TokenStats`: about 2 MB in float32, so that the passes over a chunk
+(scale, logsumexp, log p, exp, sum) find it in cache."""
+
+
+class TokenStats(torch.autograd.Function):
+    """``log p(token)`` and the entropy of ``p = softmax(logits / temperature)`` at every position, in
+    float32 from logits of any dtype, a few positions at a time.
+
+    Same values and gradients as :func:`token_logprobs` and :func:`token_entropy` of
+    ``logits.float() / temperature``, without their float32 ``[N, T, V]`` copies: forward keeps the logits
+    as given plus two ``[N, T]`` statistics (log Z, entropy) and backward recomputes ``log p`` chunk by
+    chunk, using ``d log p_y / dx = onehot(y) - p`` and ``dH / dx = -p (log p + H)`` (times 1/temperature).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, token_ids, temperature):  # noqa: D102
+        flat, ids = logits.reshape(-1, logits.shape[-1]), token_ids.reshape(-1, 1)  # [M, V], [M, 1]
+        log_z = torch.empty(flat.shape[0], device=flat.device)  # [M]
+        logprob, entropy = torch.empty_like(log_z), torch.empty_like(log_z)  # [M]
+        for rows in _chunks(flat):
+            log_p, log_z[rows] = _log_p(flat[rows], temperature)  # [m, V], [m]
+            logprob[rows] = log_p.gather(-1, ids[rows]).squeeze(-1)
+            entropy[rows] = -(log_p.exp() * log_p).sum(-1)
+        ctx.save_for_backward(logits, token_ids, log_z, entropy)
+        ctx.temperature = temperature
+        ctx.set_materialize_grads(False)
+        return logprob.view(token_ids.shape), entropy.view(token_ids.shape)
+
+    @staticmethod
+    def backward(ctx, grad_logprob, grad_entropy):  # noqa: D102
+        logits, token_ids, log_z, entropy = ctx.saved_tensors
+        flat, ids = logits.reshape(-1, logits.shape[-1]), token_ids.reshape(-1, 1)  # [M, V], [M, 1]
+        grad = torch.empty_like(flat)  # [M, V] in the logits' dtype
+        for rows in _chunks(flat):
+            log_p, _ = _log_p(flat[rows], ctx.temperature, log_z[rows])  # [m, V]
+            p = log_p.exp()  # [m, V]
+            g = torch.zeros_like(p)
+            if grad_entropy is not None:
+                g = log_p.add_(entropy[rows, None]).mul_(p).mul_(-grad_entropy.reshape(-1)[rows, None])
+            if grad_logprob is not None:
+                g_y = grad_logprob.reshape(-1)[rows, None]  # [m, 1]
+                g.sub_(p.mul_(g_y)).scatter_add_(-1, ids[rows], g_y)
+            grad[rows] = g.div_(ctx.temperature) if ctx.temperature != 1.0 else g
+        return grad.view(logits.shape), None, None
+
+
+def _chunks(flat: torch.Tensor) -> list[slice]:
+    step = max(1, CHUNK_ELEMENTS // flat.shape[-1])
+    return [slice(start, start + step) for start in range(0, flat.shape[0], step)]
+
+
+def _log_p(
+    logits: torch.Tensor, temperature: float, log_z: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log softmax(logits / temperature)`` ``[m, V]`` in a new float32 tensor, and its normaliser log Z
+    ``[m]`` (computed unless given)."""
+    x = logits.to(torch.float32, copy=True)
+    if temperature != 1.0:
+        x.div_(temperature)
+    if log_z is None:
+        log_z = torch.logsumexp(x, dim=-1)
+    return x.sub_(log_z.unsqueeze(-1)), log_z
+
+
 def response_logprobs(
     model: torch.nn.Module,
     batch: RolloutBatch,
@@ -71,17 +143,13 @@ def response_logprobs(
     The entropy is detached unless ``entropy_grad`` (an entropy bonus needs its gradient).
 
     Logits are divided by the sampling temperature so the result is comparable to the engine's
-    sampling distribution (top-p/top-k truncation is not applied). Only the last T+1 positions are
-    turned into logits (``logits_to_keep``), which saves a [N, P, V] tensor.
+    sampling distribution (top-p/top-k truncation is not applied). Both come from :class:`TokenStats`,
+    which never holds the float32 logits of the whole batch.
     """
-    logits = response_logits(model, batch, temperature)  # [N, T, V]
-    log_z = torch.logsumexp(logits, dim=-1)  # [N, T]
-    logprobs = token_logprobs(logits, batch.response_ids, log_z)  # [N, T]
-    entropy = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = token_entropy(logits, log_z)  # [N, T]
-    return logprobs, entropy
+    logprobs, entropy = TokenStats.apply(last_logits(model, batch), batch.response_ids, temperature)
+    if not with_entropy:
+        return logprobs, None
+    return logprobs, entropy if entropy_grad and torch.is_grad_enabled() else entropy.detach()
 
 
 # --- batch fields computed before the update ----------------------------------------------------------

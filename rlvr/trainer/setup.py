@@ -21,6 +21,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectCon
 from transformers import AutoModelForCausalLM
 
 from rlvr.config import Recipe
+from rlvr.rollout import EngineOptions
 from rlvr.trainer.critic import PolicyWithCritic, load_critic, policy_of
 
 logger = logging.getLogger("rlvr")
@@ -45,6 +46,21 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
     if flags is None:
         return None
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def engine_options(recipe: Recipe, device: str = "cpu", process_index: int = 0) -> EngineOptions:
+    """The rollout engine's options for ``recipe`` on ``device`` (each process seeds its engine apart)."""
+    r = recipe.rollout
+    return EngineOptions(
+        dtype=r.dtype or recipe.model.dtype,
+        max_model_len=r.max_model_len or recipe.data.max_prompt_tokens + r.max_tokens,
+        seed=recipe.run.seed + process_index,
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        kv_cache_gb=r.kv_cache_gb,
+        enforce_eager=r.enforce_eager,
+        device=device,
+        temperature_schedule=r.ead is not None,
+    )
 
 
 def warn_if_bf16_is_emulated(recipe: Recipe, mixed_precision: str | None, on_cpu: bool) -> list[str]:

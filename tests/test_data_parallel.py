@@ -1,0 +1,81 @@
+"""Data-parallel correctness: 1 and 2 processes give the same advantages, token weights and gradient on the
+same global batch (real DeepSpeed ZeRO-2 processes over gloo)."""
+
+import pytest
+import torch
+from launch import ROOT, TINY_RECIPE, accelerate, run
+
+from rlvr.algorithms import ADVANTAGES, AdvantageInputs
+
+CASES = {
+    # batch mean / std of the rewards, and the entropy quantile of forking tokens
+    "batch_norm+forking": [
+        "algorithm.advantage=batch_norm",
+        "algorithm.token_weights=[{name: forking_tokens}]",
+    ],
+    # DGPO's question weights: a softmax over the batch's questions
+    "dgpo": ["algorithm.advantage=dgpo"],
+}
+
+
+def dumps(tmp_path, overrides: list[str], processes: int) -> list[dict]:
+    out = tmp_path / f"p{processes}"
+    script = str(ROOT / "tests/scripts/dp_batch.py")
+    common = [
+        "rollout.engine=hf",
+        f"run.output_dir={tmp_path / f'run{processes}'}",
+        "train.micro_batch_size=8",
+        *overrides,
+    ]
+    run(
+        accelerate(
+            "recipes/accelerate/zero2.yaml",
+            script,
+            str(out),
+            str(TINY_RECIPE),
+            *common,
+            num_processes=processes,
+        )
+    )
+    return [torch.load(out / f"rank{i}.pt") for i in range(processes)]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_and_two_processes_agree_on_the_same_global_batch(tmp_path, case):
+    (one,) = dumps(tmp_path, CASES[case], 1)
+    two = dumps(tmp_path, CASES[case], 2)
+    start = 0
+    for rank in two:
+        rows, width = rank["advantages"].shape
+        for name in ("advantages", "token_weights"):
+            if one[name] is None:
+                assert rank[name] is None
+                continue
+            torch.testing.assert_close(
+                rank[name], one[name][start : start + rows, :width], rtol=1e-5, atol=1e-6
+            )
+            assert not one[name][start : start + rows, width:].any()  # columns past this rank's responses
+        start += rows
+    assert start == len(one["advantages"])
+    assert one["advantages"].abs().sum() > 0
+    if one["token_weights"] is not None:  # a real selection: some tokens in, some out
+        kept = one["token_weights"][one["response_mask"] != 0]
+        assert 0 < kept.mean() < 1
+    # the gradient of the whole batch's loss, identical on both ranks and equal to one process's
+    assert set(one["grads"]) == set(two[0]["grads"]) and one["grads"]
+    for name, grad in one["grads"].items():
+        assert grad.abs().sum() > 0 or "embed" in name
+        for rank in two:
+            torch.testing.assert_close(rank["grads"][name], grad, rtol=1e-4, atol=1e-7)
+    # and the test can tell: the estimator on process 0's rows alone gives other advantages
+    estimator = ADVANTAGES.get(CASES[case][0].split("=")[1])
+    rank0 = two[0]
+    local = estimator(
+        AdvantageInputs(
+            sequence_rewards=rank0["sequence_rewards"],
+            group_index=torch.arange(len(rank0["sequence_rewards"])) // 8,
+            response_mask=rank0["response_mask"],
+        )
+    )
+    assert not torch.allclose(local, rank0["advantages"], atol=1e-4)
