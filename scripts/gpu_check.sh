@@ -1,0 +1,26 @@
+#!/bin/bash
+# The GRPO update on one GPU under DeepSpeed ZeRO-2, checked against the CPU, then timed (scripts/gpu_check.py).
+#
+#   bash scripts/gpu_check.sh [OUT_DIR]                 # default OUT_DIR: gpu_check
+#   WHEELS=dir bash scripts/gpu_check.sh OUT_DIR        # install DeepSpeed (and what it needs) from wheels first
+#
+# For a machine without network where torch, transformers, accelerate and peft are installed: DeepSpeed
+# may come as wheels (WHEELS=a folder of .whl files, installed with --no-index into a private folder);
+# vLLM is not needed (the rollout engine here is the transformers one). Writes OUT_DIR/cpu, OUT_DIR/gpu
+# (result.pt, summary.json, compare.json) and OUT_DIR/gpu-bf16/summary.json (update tokens/s, MFU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-gpu_check}
+PY=${PYTHON:-python3}
+if [ -n "${WHEELS:-}" ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/rlvr-wheels "$WHEELS"/*.whl
+    export PYTHONPATH=/tmp/rlvr-wheels${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+LAUNCH=("$PY" -m accelerate.commands.launch --config_file recipes/accelerate/zero2.yaml --num_processes 1
+        --main_process_port "${PORT:-29533}")
+set -x
+CUDA_VISIBLE_DEVICES= "$PY" scripts/gpu_check.py run "$OUT/cpu"
+"${LAUNCH[@]}" scripts/gpu_check.py run "$OUT/gpu"
+"$PY" scripts/gpu_check.py compare "$OUT/cpu" "$OUT/gpu"
+"${LAUNCH[@]}" scripts/gpu_check.py run "$OUT/gpu-bf16" --timed 5 train.mixed_precision=bf16
