@@ -480,6 +480,13 @@ class TrainConfig(_Section):
     """RL update: deal a mini-batch's rows into micro-batches by length (longest first), so that short
     rows are not padded to the longest of the batch; each micro-batch is cut to its own longest row either
     way. The gradient is the same (losses are normalised by mini-batch counts)."""
+    max_tokens_per_micro_batch: int | None = Field(None, ge=1)
+    """RL update: a token budget per micro-batch. Rows, longest first, are packed while the micro-batch's
+    padded tokens (rows x (longest prompt + longest response)) stay within it and it has at most
+    micro_batch_size rows; a longer row is a micro-batch of its own. Short rows then share bigger
+    micro-batches, and memory is bounded by tokens, not rows. The number of micro-batches varies from step
+    to step (every process runs as many as the one that needs the most); the gradient is the same. None:
+    micro_batch_size rows per micro-batch."""
     lr: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)

@@ -15,6 +15,8 @@ CASES = {
     ],
     # DGPO's question weights: a softmax over the batch's questions
     "dgpo": ["algorithm.advantage=dgpo"],
+    # a token budget: each process deals its rows into as many micro-batches as the busiest one needs
+    "batch_norm+budget": ["algorithm.advantage=batch_norm", "train.max_tokens_per_micro_batch=150"],
 }
 
 

@@ -16,26 +16,81 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def micro_batch_rows(batch: RolloutBatch, size: int, by_length: bool) -> list[torch.Tensor]:
-    """The row indices of ``batch``'s micro-batches of ``size`` rows: consecutive rows, or with
-    ``by_length`` the rows ordered by length first (prompt + response, longest first; stable), so that rows
-    of similar length share a micro-batch and a short one is not padded to the batch's longest."""
-    order = torch.arange(len(batch), device=batch.response_ids.device)
-    if by_length:
-        lengths = batch.response_mask.sum(1) + batch.prompt_mask.sum(1)  # [N]
-        order = torch.sort(lengths, descending=True, stable=True).indices
-    return [order[start : start + size] for start in range(0, len(batch), size)]
+def micro_batch_rows(
+    batch: RolloutBatch,
+    size: int,
+    by_length: bool,
+    max_tokens: int | None = None,
+    whole_groups: bool = False,
+    count: int | None = None,
+) -> list[torch.Tensor]:
+    """The row indices of ``batch``'s micro-batches.
+
+    Rows are dealt in units: one row, or with ``whole_groups`` the consecutive rows of one prompt group (a
+    loss that compares a prompt's samples needs them together). With ``by_length`` (or a token budget)
+    the units are taken longest first (a unit's length: its longest prompt + response; stable), so rows
+    of similar length share a micro-batch and a short one is not padded to the batch's longest.
+
+    Without ``max_tokens`` a micro-batch takes units up to ``size`` rows. With ``max_tokens`` it takes
+    them while it has at most ``size`` rows and ``rows x (longest prompt + longest response)`` (its
+    padded tokens once trimmed) stays within ``max_tokens``; a unit longer than that is a micro-batch of
+    its own.
+
+    ``count``: split micro-batches until there are that many (under data parallelism every process must
+    run the same number of forward/backward passes per optimizer step): the one with the most padded
+    tokens is halved, between units, again and again. Raises ``RuntimeError`` when there are fewer units.
+    """
+    n = len(batch)
+    lengths = batch.prompt_mask.sum(1) + batch.response_mask.sum(1)  # [N]
+    if whole_groups:
+        _, run = torch.unique_consecutive(batch.group_index.cpu(), return_inverse=True)  # [N]
+        units = [torch.nonzero(run == u).flatten() for u in range(int(run.max()) + 1 if n else 0)]
+    else:
+        units = [torch.tensor([i]) for i in range(n)]
+    if by_length or max_tokens is not None:
+        units.sort(key=lambda unit: -float(lengths[unit].max()))  # stable: ties keep their order
+
+    def padded(chunk: list[torch.Tensor]) -> int:
+        rows = torch.cat(chunk)
+        return len(rows) * (
+            int(batch.prompt_mask[rows].sum(1).max()) + int(batch.response_mask[rows].sum(1).max())
+        )
+
+    chunks: list[list[torch.Tensor]] = []
+    for unit in units:
+        fits = bool(chunks) and sum(map(len, chunks[-1])) + len(unit) <= size
+        if fits and max_tokens is not None:
+            fits = padded([*chunks[-1], unit]) <= max_tokens
+        if fits:
+            chunks[-1].append(unit)
+        else:
+            chunks.append([unit])
+    while count is not None and len(chunks) < count:
+        splittable = [i for i, chunk in enumerate(chunks) if len(chunk) > 1]
+        if not splittable:
+            raise RuntimeError(f"cannot deal {len(units)} units into {count} micro-batches")
+        i = max(splittable, key=lambda j: padded(chunks[j]))
+        chunk = chunks.pop(i)
+        chunks[i:i] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+    device = batch.response_ids.device
+    return [torch.cat(chunk).to(device) for chunk in chunks]
 
 
-def micro_batches(batch: RolloutBatch, size: int, by_length: bool) -> Iterator[RolloutBatch]:
+def micro_batches(
+    batch: RolloutBatch,
+    size: int,
+    by_length: bool,
+    max_tokens: int | None = None,
+    whole_groups: bool = False,
+    count: int | None = None,
+) -> Iterator[RolloutBatch]:
     """``batch`` in the micro-batches of :func:`micro_batch_rows`, each without the padding columns none of
     its rows uses (:meth:`RolloutBatch.trimmed`).
 
-    The count of micro-batches is that of consecutive slices, and every loss is normalised by counts of
-    the whole mini-batch, so the accumulated gradient does not depend on which rows share a micro-batch.
-    (Losses that select tokens within a micro-batch, such as clip_cov / kl_cov / lp_reg, select among the
-    rows they are given.)"""
-    for rows in micro_batch_rows(batch, size, by_length):
+    Every loss is normalised by counts of the whole mini-batch, so the accumulated gradient does not depend
+    on which rows share a micro-batch, nor on how many micro-batches there are. (Losses that select tokens
+    within a micro-batch, such as clip_cov / kl_cov / lp_reg, select among the rows they are given.)"""
+    for rows in micro_batch_rows(batch, size, by_length, max_tokens, whole_groups, count):
         yield batch.select(rows).trimmed()
 
 

@@ -1,16 +1,18 @@
 """The policy update of one RL step: mini-batches, micro-batches, loss, backward, optimizer step.
 
 The loss of every micro-batch is aggregated with the token/sequence counts of its whole mini-batch
-*across all processes*, then multiplied by (processes x accumulation steps) to undo the averaging that
-data parallelism and gradient accumulation apply. The accumulated gradient is therefore exactly the
-gradient of the mini-batch loss as the aggregation mode defines it, whatever the micro-batch size or the
-number of processes.
+*across all processes*, then multiplied by (processes x the configured accumulation steps) to undo the
+averaging that data parallelism and accelerate / DeepSpeed's gradient accumulation apply. The accumulated
+gradient is therefore exactly the gradient of the mini-batch loss as the aggregation mode defines it,
+whatever the micro-batch size, the number of micro-batches (a token budget makes it vary) or the number
+of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +22,9 @@ from accelerate import Accelerator
 from rlvr.algorithms import aggregate
 from rlvr.algorithms.utils import needs_of
 from rlvr.config import Recipe
-from rlvr.trainer.batch import micro_batches
+from rlvr.trainer.batch import micro_batch_rows, micro_batches
 from rlvr.trainer.components import Component, Requests
-from rlvr.trainer.distributed import global_sums
+from rlvr.trainer.distributed import global_max, global_sums
 from rlvr.trainer.logprobs import response_logprobs
 from rlvr.types import RolloutBatch
 
@@ -52,6 +54,20 @@ class UpdateContext:
                 POLICY_LOSSES.get(algo.policy_loss),
                 POLICY_LOSSES.bind(algo.policy_loss, algo.policy_loss_kwargs),
             )
+
+
+@contextlib.contextmanager
+def accumulation_step(acc: Accelerator, model: torch.nn.Module, last: bool) -> Iterator[None]:
+    """One micro-batch of an optimizer step whose number of micro-batches is known only per mini-batch
+    (a token budget deals a varying number): gradients are reduced across processes and the optimizer
+    steps on the ``last`` one only (``accelerator.sync_gradients``, which DeepSpeed's boundary follows).
+    The loss scaling does not depend on the count: see :func:`policy_update`."""
+    acc.sync_gradients = last
+    try:
+        with contextlib.nullcontext() if last else acc.no_sync(model):
+            yield
+    finally:
+        acc.sync_gradients = True
 
 
 def backward_and_step(ctx: UpdateContext, loss: torch.Tensor) -> torch.Tensor | None:
@@ -106,6 +122,7 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
     temperature = recipe.rollout.temperature
     loss_fn, loss_kwargs = ctx.policy_loss
     extra_fields = sorted(needs_of(loss_fn))
+    whole_groups = "group_index" in extra_fields  # the loss compares a prompt's samples with each other
     entropy_grad = any(c.entropy_grad for c in ctx.components)
     batch = batch.to(acc.device)
     if update_needs(recipe) and batch.old_logprobs is None:
@@ -138,10 +155,18 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                 )
             )
             mini_loss = 0.0
-            for micro in micro_batches(mini_batch, ctx.micro_batch, train.sort_by_length):
+            deal = dict(
+                size=ctx.micro_batch,
+                by_length=train.sort_by_length,
+                max_tokens=train.max_tokens_per_micro_batch,
+                whole_groups=whole_groups,
+            )
+            # every process runs as many micro-batches as the process that needs the most
+            count = global_max(acc, len(micro_batch_rows(mini_batch, **deal)))
+            for index, micro in enumerate(micro_batches(mini_batch, **deal, count=count)):
                 mask = micro.response_mask  # [n, T]
                 kept = loss_mask(micro)  # [n, T]
-                with acc.accumulate(ctx.model):
+                with accumulation_step(acc, ctx.model, last=index == count - 1):
                     logprobs, entropy = response_logprobs(
                         ctx.model, micro, temperature, with_entropy=True, entropy_grad=entropy_grad
                     )

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from rlvr.algorithms import ADVANTAGES, LOSS_AGGREGATIONS, aggregate, ppo_clip_loss
 from rlvr.config import Recipe
 from rlvr.models import build_tiny_model
+from rlvr.trainer.batch import micro_batch_rows
 from rlvr.trainer.components import build_components
 from rlvr.trainer.logprobs import response_logprobs
 from rlvr.trainer.update import UpdateContext, micro_batches, policy_update
@@ -84,27 +85,40 @@ def sgd_update(model, recipe: Recipe, batch: RolloutBatch, lr: float, micro: int
     return model, policy_update(ctx, batch)
 
 
-CASES = [(mode, micro, 0.0, True) for mode in LOSS_AGGREGATIONS for micro in (2, 4, 8)]
+CASES = [(mode, micro, 0.0, True, None) for mode in LOSS_AGGREGATIONS for micro in (2, 4, 8)]
 CASES += [
-    ("token-mean", 2, 0.1, True),
-    ("token-mean", 2, 0.0, False),
-    ("seq-mean-token-sum-norm", 4, 0.0, False),
+    ("token-mean", 2, 0.1, True, None),
+    ("token-mean", 2, 0.0, False, None),
+    ("seq-mean-token-sum-norm", 4, 0.0, False, None),
 ]
+# token budgets: 8-row micro-batches packed to <= 24 / 12 padded tokens (rows are 4-11 tokens), or 5,
+# below every row (each row alone): 3 to 8 micro-batches where accumulation was configured for 1
+CASES += [(mode, 8, 0.0, True, budget) for mode in LOSS_AGGREGATIONS for budget in (24, 12)]
+CASES += [("token-mean", 8, 0.1, True, 5), ("seq-mean-token-mean", 4, 0.0, True, 16)]
 
 
-@pytest.mark.parametrize(("mode", "micro", "entropy_coef", "by_length"), CASES)
-def test_micro_batched_update_equals_full_batch_gradient(tiny_dir, mode, micro, entropy_coef, by_length):
-    """Rows dealt into micro-batches by length (or in order), each cut to its own longest row: the
-    accumulated step is the full-batch gradient step, for every aggregation mode."""
+@pytest.mark.parametrize(("mode", "micro", "entropy_coef", "by_length", "budget"), CASES)
+def test_micro_batched_update_equals_full_batch_gradient(
+    tiny_dir, mode, micro, entropy_coef, by_length, budget
+):
+    """Rows dealt into micro-batches by length (or in order), or packed up to a token budget, each cut to
+    its own longest row: the accumulated step is the full-batch gradient step, for every aggregation
+    mode, whatever the number of micro-batches."""
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     recipe = Recipe.model_validate(
         {
             "algorithm": {"loss_agg": mode, "entropy_coef": entropy_coef},
             "rollout": {"max_tokens": 8},
-            "train": {"max_grad_norm": 1e9, "sort_by_length": by_length},
+            "train": {
+                "max_grad_norm": 1e9,
+                "sort_by_length": by_length,
+                "max_tokens_per_micro_batch": budget,
+            },
         }
     )
+    if budget is not None:  # the budget really changes the number of micro-batches
+        assert len(micro_batch_rows(random_batch(), micro, True, budget)) > 8 // micro
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     batch = random_batch()
     lr = 0.5
@@ -175,6 +189,65 @@ def test_micro_batches_group_rows_by_length_and_cut_the_padding():
     in_order = list(micro_batches(batch, 4, by_length=False))
     width = in_order[0].response_ids.shape[1]
     assert torch.equal(in_order[0].response_ids, batch.response_ids[:4, :width])
+
+
+def length_batch(prompt_lens: list[int], response_lens: list[int], groups: list[int]) -> RolloutBatch:
+    """A batch whose rows have the given prompt / response lengths (left-padded prompts)."""
+    n, p, t = len(prompt_lens), max(prompt_lens), max(response_lens)
+    prompt_mask = torch.tensor([[0] * (p - k) + [1] * k for k in prompt_lens])
+    response_mask = torch.tensor([[1.0] * k + [0.0] * (t - k) for k in response_lens])
+    return RolloutBatch(
+        prompt_ids=prompt_mask * 5,
+        prompt_mask=prompt_mask,
+        response_ids=torch.full((n, t), 7),
+        response_mask=response_mask,
+        engine_logprobs=torch.zeros(n, t),
+        sequence_rewards=torch.zeros(n),
+        group_index=torch.tensor(groups),
+        truncated=torch.zeros(n, dtype=torch.bool),
+    )
+
+
+def test_token_budget_packs_rows_longest_first():
+    # rows (prompt + response): 0: 2+8, 1: 3+1, 2: 2+2, 3: 4+6, 4: 1+1, 5: 3+3
+    batch = length_batch([2, 3, 2, 4, 1, 3], [8, 1, 2, 6, 1, 3], groups=[0, 0, 1, 1, 2, 2])
+    # longest first: 0 (10), 3 (10), 5 (6), 1 (4), 2 (4), 4 (2). Budget 20: [0, 3] is 2 x (4 + 8) = 24 > 20,
+    # so 0 alone; [3, 5] = 2 x (4 + 6) = 20; + 1 -> 3 x 10 = 30 > 20; [1, 2] = 2 x (3 + 2) = 10, + 4 -> 15
+    rows = micro_batch_rows(batch, 8, True, max_tokens=20)
+    assert [r.tolist() for r in rows] == [[0], [3, 5], [1, 2, 4]]
+    # the row cap still holds: at most 2 rows
+    assert [r.tolist() for r in micro_batch_rows(batch, 2, True, max_tokens=20)] == [[0], [3, 5], [1, 2], [4]]
+    # a budget below a row: that row is a micro-batch of its own
+    assert [r.tolist() for r in micro_batch_rows(batch, 8, True, max_tokens=3)] == [
+        [0],
+        [3],
+        [5],
+        [1],
+        [2],
+        [4],
+    ]
+    # split to a count: the micro-batch with the most padded tokens is halved ([1, 2, 4]: 3 x 5 = 15 and
+    # [3, 5]: 20 -> [3], [5]; then [1, 2, 4] -> [1], [2, 4])
+    assert [r.tolist() for r in micro_batch_rows(batch, 8, True, max_tokens=20, count=5)] == [
+        [0],
+        [3],
+        [5],
+        [1],
+        [2, 4],
+    ]
+    with pytest.raises(RuntimeError, match="6 units into 7"):
+        micro_batch_rows(batch, 8, True, max_tokens=20, count=7)
+
+
+def test_whole_groups_stay_together_when_sorted_packed_or_split():
+    batch = length_batch([2, 3, 2, 4, 1, 3], [8, 1, 2, 6, 1, 3], groups=[0, 0, 1, 1, 2, 2])
+    # groups by their longest row: 0 (10), 1 (10), 2 (6)
+    assert [r.tolist() for r in micro_batch_rows(batch, 4, True, whole_groups=True)] == [[0, 1, 2, 3], [4, 5]]
+    # budget 30: group 0 + group 1 = 4 x (4 + 8) = 48 > 30; group 1 + group 2 = 4 x (4 + 6) = 40 > 30
+    packed = micro_batch_rows(batch, 8, True, max_tokens=30, whole_groups=True)
+    assert [r.tolist() for r in packed] == [[0, 1], [2, 3], [4, 5]]
+    split = micro_batch_rows(batch, 8, True, whole_groups=True, count=3)
+    assert [r.tolist() for r in split] == [[0, 1], [2, 3], [4, 5]]
 
 
 def test_group_permutation_shuffles_whole_groups():
