@@ -76,21 +76,14 @@ def micro_batch_rows(
     return [torch.cat(chunk).to(device) for chunk in chunks]
 
 
-def micro_batches(
-    batch: RolloutBatch,
-    size: int,
-    by_length: bool,
-    max_tokens: int | None = None,
-    whole_groups: bool = False,
-    count: int | None = None,
-) -> Iterator[RolloutBatch]:
-    """``batch`` in the micro-batches of :func:`micro_batch_rows`, each without the padding columns none of
-    its rows uses (:meth:`RolloutBatch.trimmed`).
+def micro_batches(batch: RolloutBatch, chunks: list[torch.Tensor]) -> Iterator[RolloutBatch]:
+    """``batch``'s micro-batches, one per row-index tensor of ``chunks`` (:func:`micro_batch_rows`), each
+    without the padding columns none of its rows uses (:meth:`RolloutBatch.trimmed`).
 
     Every loss is normalised by counts of the whole mini-batch, so the accumulated gradient does not depend
     on which rows share a micro-batch, nor on how many micro-batches there are. (Losses that select tokens
     within a micro-batch, such as clip_cov / kl_cov / lp_reg, select among the rows they are given.)"""
-    for rows in micro_batch_rows(batch, size, by_length, max_tokens, whole_groups, count):
+    for rows in chunks:
         yield batch.select(rows).trimmed()
 
 

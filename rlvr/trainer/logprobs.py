@@ -199,9 +199,10 @@ def fill_fields(
     each chunk moved to ``device``; store them on ``batch``, on the batch's own device (the step keeps its
     batch on the CPU, so advantages are computed there, deterministically). Returns the names it filled.
 
-    The chunks are the update's micro-batches (:func:`rlvr.trainer.batch.micro_batch_rows` with
-    ``by_length``, cut to their longest row), so the policy's log-probs here are computed on the same
-    rows, in the same shapes, as in the update's first pass."""
+    The chunks are ``micro`` rows dealt as :func:`rlvr.trainer.batch.micro_batch_rows` deals them
+    (``by_length``: longest first), each cut to its longest row: the RL update's micro-batches when it has
+    no token budget and its loss takes rows one by one. The results are per row either way; the same
+    number of chunks on every process keeps ZeRO-3's parameter gathering in step."""
     wanted = {
         name: params
         for name, params in requests.items()

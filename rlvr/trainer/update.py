@@ -161,9 +161,12 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                 max_tokens=train.max_tokens_per_micro_batch,
                 whole_groups=whole_groups,
             )
+            chunks = micro_batch_rows(mini_batch, **deal)
             # every process runs as many micro-batches as the process that needs the most
-            count = global_max(acc, len(micro_batch_rows(mini_batch, **deal)))
-            for index, micro in enumerate(micro_batches(mini_batch, **deal, count=count)):
+            count = global_max(acc, len(chunks))
+            if count > len(chunks):
+                chunks = micro_batch_rows(mini_batch, **deal, count=count)
+            for index, micro in enumerate(micro_batches(mini_batch, chunks)):
                 mask = micro.response_mask  # [n, T]
                 kept = loss_mask(micro)  # [n, T]
                 with accumulation_step(acc, ctx.model, last=index == count - 1):

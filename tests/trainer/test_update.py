@@ -167,7 +167,7 @@ def test_token_weights_scale_tokens_and_zero_weights_leave_the_counts(tiny_dir, 
 def test_micro_batches_group_rows_by_length_and_cut_the_padding():
     batch = random_batch(n=6, p=5, t=6, seed=3)
     lengths = (batch.response_mask.sum(1) + batch.prompt_mask.sum(1)).tolist()
-    micros = list(micro_batches(batch, 4, by_length=True))
+    micros = list(micro_batches(batch, micro_batch_rows(batch, 4, by_length=True)))
     assert [len(m) for m in micros] == [4, 2]
     seen = []
     for m in micros:
@@ -186,7 +186,7 @@ def test_micro_batches_group_rows_by_length_and_cut_the_padding():
         assert m.prompt_ids.shape[1] == int(m.prompt_mask.sum(1).max())
     assert sorted(seen) == list(range(6))
     assert [lengths[j] for j in seen] == sorted(lengths, reverse=True)
-    in_order = list(micro_batches(batch, 4, by_length=False))
+    in_order = list(micro_batches(batch, micro_batch_rows(batch, 4, by_length=False)))
     width = in_order[0].response_ids.shape[1]
     assert torch.equal(in_order[0].response_ids, batch.response_ids[:4, :width])
 
