@@ -94,10 +94,8 @@ def whole_batch(accelerator: Accelerator, batch: RolloutBatch) -> tuple[RolloutB
             values[f.name] = value
             continue
         left = f.name.startswith("prompt_")
-        padded = _padded(value, rows_max, prompt_max if left else width_max, left)
-        every = accelerator.gather(padded.to(accelerator.device)).to(
-            value.device
-        )  # [processes * rows_max, ...]
+        padded = _padded(value, rows_max, prompt_max if left else width_max, left).to(accelerator.device)
+        every = accelerator.gather(padded).to(value.device)  # [processes * rows_max, ...]
         if value.dtype == torch.bool:
             every = every.bool()
         values[f.name] = torch.cat(

@@ -122,13 +122,18 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
     temperature = recipe.rollout.temperature
     loss_fn, loss_kwargs = ctx.policy_loss
     extra_fields = sorted(needs_of(loss_fn))
-    whole_groups = "group_index" in extra_fields  # the loss compares a prompt's samples with each other
     entropy_grad = any(c.entropy_grad for c in ctx.components)
     batch = batch.to(acc.device)
     if update_needs(recipe) and batch.old_logprobs is None:
         raise ValueError("several optimizer steps per batch need batch.old_logprobs (see update_needs)")
 
     ctx.model.train()
+    deal = dict(  # how a mini-batch's rows are dealt into micro-batches (micro_batch_rows)
+        size=ctx.micro_batch,
+        by_length=train.sort_by_length,
+        max_tokens=train.max_tokens_per_micro_batch,
+        whole_groups="group_index" in extra_fields,  # the loss compares a prompt's samples
+    )
     mini = len(batch) // train.num_mini_batches
     scale = acc.num_processes * ctx.grad_accum
     sums: dict[str, float] = defaultdict(float)
@@ -155,12 +160,6 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                 )
             )
             mini_loss = 0.0
-            deal = dict(
-                size=ctx.micro_batch,
-                by_length=train.sort_by_length,
-                max_tokens=train.max_tokens_per_micro_batch,
-                whole_groups=whole_groups,
-            )
             chunks = micro_batch_rows(mini_batch, **deal)
             # every process runs as many micro-batches as the process that needs the most
             count = global_max(acc, len(chunks))
