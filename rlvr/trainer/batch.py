@@ -41,20 +41,19 @@ def micro_batch_rows(
     tokens is halved, between units, again and again. Raises ``RuntimeError`` when there are fewer units.
     """
     n = len(batch)
-    lengths = batch.prompt_mask.sum(1) + batch.response_mask.sum(1)  # [N]
+    prompt_len = batch.prompt_mask.sum(1).tolist()  # [N] as ints: one device sync, not one per row
+    response_len = batch.response_mask.sum(1).long().tolist()
     if whole_groups:
         _, run = torch.unique_consecutive(batch.group_index.cpu(), return_inverse=True)  # [N]
         units = [torch.nonzero(run == u).flatten() for u in range(int(run.max()) + 1 if n else 0)]
     else:
         units = [torch.tensor([i]) for i in range(n)]
-    if by_length or max_tokens is not None:
-        units.sort(key=lambda unit: -float(lengths[unit].max()))  # stable: ties keep their order
+    if by_length or max_tokens is not None:  # stable: ties keep their order
+        units.sort(key=lambda unit: -max(prompt_len[i] + response_len[i] for i in unit.tolist()))
 
     def padded(chunk: list[torch.Tensor]) -> int:
-        rows = torch.cat(chunk)
-        return len(rows) * (
-            int(batch.prompt_mask[rows].sum(1).max()) + int(batch.response_mask[rows].sum(1).max())
-        )
+        rows = torch.cat(chunk).tolist()
+        return len(rows) * (max(prompt_len[i] for i in rows) + max(response_len[i] for i in rows))
 
     chunks: list[list[torch.Tensor]] = []
     for unit in units:

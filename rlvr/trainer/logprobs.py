@@ -103,12 +103,14 @@ class TokenStats(torch.autograd.Function):
         for rows in _chunks(flat):
             log_p, _ = _log_p(flat[rows], ctx.temperature, log_z[rows])  # [m, V]
             p = log_p.exp()  # [m, V]
-            g = torch.zeros_like(p)
+            g = None  # [m, V], built in place in log_p / p
             if grad_entropy is not None:
                 g = log_p.add_(entropy[rows, None]).mul_(p).mul_(-grad_entropy.reshape(-1)[rows, None])
             if grad_logprob is not None:
                 g_y = grad_logprob.reshape(-1)[rows, None]  # [m, 1]
-                g.sub_(p.mul_(g_y)).scatter_add_(-1, ids[rows], g_y)
+                term = p.mul_(-g_y)
+                g = term if g is None else g.add_(term)
+                g.scatter_add_(-1, ids[rows], g_y)
             grad[rows] = g.div_(ctx.temperature) if ctx.temperature != 1.0 else g
         return grad.view(logits.shape), None, None
 

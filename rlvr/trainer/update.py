@@ -71,7 +71,7 @@ def accumulation_step(acc: Accelerator, model: torch.nn.Module, last: bool) -> I
 
 
 def backward_and_step(ctx: UpdateContext, loss: torch.Tensor) -> torch.Tensor | None:
-    """Backward of one micro-batch's (scaled) loss inside ``accelerator.accumulate``; on the last micro-batch
+    """Backward of one micro-batch's (scaled) loss inside :func:`accumulation_step`; on the last micro-batch
     of an optimizer step, clip, step the optimizer and the schedule. Returns the gradient norm then, else
     None."""
     acc = ctx.accelerator
@@ -161,8 +161,10 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
             )
             mini_loss = 0.0
             chunks = micro_batch_rows(mini_batch, **deal)
-            # every process runs as many micro-batches as the process that needs the most
-            count = global_max(acc, len(chunks))
+            count = len(chunks)  # the same on every process, unless a token budget deals them
+            if train.max_tokens_per_micro_batch is not None:
+                # every process runs as many micro-batches as the process that needs the most
+                count = global_max(acc, count)
             if count > len(chunks):
                 chunks = micro_batch_rows(mini_batch, **deal, count=count)
             for index, micro in enumerate(micro_batches(mini_batch, chunks)):
