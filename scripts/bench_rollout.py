@@ -2,7 +2,8 @@
 vLLM engine against bare vLLM ``generate`` at a recipe's shape.
 
     python scripts/bench_rollout.py --model smollm2-135m-instruct --prompts 8 --n 8 --max-tokens 32
-    python scripts/bench_rollout.py --recipe recipes/bench/grpo_anchor_smollm2.yaml --repeats 5
+    python scripts/bench_rollout.py --recipe recipes/bench/grpo_anchor_smollm2.yaml --repeats 5 \
+        [--variants bare bare-logprobs rlvr] [--set rollout.enforce_eager=false]
 
 Without ``--recipe``, prompts come from the quickstart data (chat template applied); prints generated
 tokens/s for each engine (median of --repeats runs after one warm-up) and the median weight-sync time into
@@ -12,8 +13,10 @@ With ``--recipe``, both engines are built as training builds them (dtype, contex
 a training step does (``prompts_per_step`` prompts x ``num_generations``, the recipe's temperature, top-p
 and token limit; batch i is the recipe's prompts i*k .. i*k+k-1). "bare" is ``vllm.LLM.generate`` with
 vLLM's defaults otherwise and one SamplingParams for the batch (no log-probs, no prefix cache, no
-per-prompt seeds); "rlvr" is :class:`rlvr.rollout.vllm_engine.VLLMEngine.generate`, which returns each
-token's log-prob. The engines run one after the other on the same batches.
+per-prompt seeds); "bare-logprobs" is the same asking for the sampled tokens' log-probs as rlvr does
+(``logprobs=0``, ``logprobs_mode="processed_logprobs"``); "rlvr" is
+:class:`rlvr.rollout.vllm_engine.VLLMEngine.generate`. The engines run one after the other on the same
+batches; ``--set`` changes the recipe (e.g. ``rollout.enforce_eager=false`` compiles every engine).
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def recipe_rates(recipe_path: str, repeats: int, overrides: list[str], variants:
         f"medians over batches 1..{repeats} (batch 0 warms up)"
     )
 
-    def bare() -> list[tuple[int, float]]:
+    def bare(logprobs: bool) -> list[tuple[int, float]]:
         llm = LLM(
             model=path,
             dtype=options.dtype,
@@ -72,6 +75,7 @@ def recipe_rates(recipe_path: str, repeats: int, overrides: list[str], variants:
             kv_cache_memory_bytes=int(options.kv_cache_gb * (1 << 30)),
             enable_chunked_prefill=False,
             enforce_eager=options.enforce_eager,
+            **({"logprobs_mode": "processed_logprobs"} if logprobs else {}),
         )
         params = SamplingParams(
             n=sampling.n,
@@ -79,6 +83,7 @@ def recipe_rates(recipe_path: str, repeats: int, overrides: list[str], variants:
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
             seed=sampling.seed,
+            logprobs=0 if logprobs else None,
         )
         out = []
         for batch in batches:
@@ -102,16 +107,16 @@ def recipe_rates(recipe_path: str, repeats: int, overrides: list[str], variants:
         return out
 
     rates = {}
-    for name, run in (("bare", bare), ("rlvr", ours)):
-        if name not in variants:
-            continue
-        measured = run()[1:]
+    runs = {"bare": lambda: bare(False), "bare-logprobs": lambda: bare(True), "rlvr": ours}
+    for name in variants:
+        measured = runs[name]()[1:]
         rates[name] = statistics.median(tokens / seconds for tokens, seconds in measured)
         per_batch = statistics.median(seconds for _, seconds in measured)
         tokens = statistics.median(tokens for tokens, _ in measured)
-        print(f"{name:>5}: {rates[name]:7.1f} tokens/s, {per_batch:6.2f} s/batch, {tokens:.0f} tokens/batch")
-    if len(rates) == 2:
-        print(f"rlvr / bare throughput: {rates['rlvr'] / rates['bare']:.3f}")
+        print(f"{name:>13}: {rates[name]:7.1f} tokens/s, {per_batch:6.2f} s/batch, {tokens:.0f} tokens/batch")
+    for base in ("bare", "bare-logprobs"):
+        if "rlvr" in rates and base in rates:
+            print(f"rlvr / {base} throughput: {rates['rlvr'] / rates[base]:.3f}")
 
 
 def main() -> None:
@@ -119,8 +124,16 @@ def main() -> None:
     ap.add_argument(
         "--recipe", help="compare rlvr's vLLM engine with bare vLLM at this recipe's rollout shape"
     )
-    ap.add_argument("--variants", nargs="+", default=["bare", "rlvr"], help="with --recipe: what to run")
-    ap.add_argument("overrides", nargs="*", help="with --recipe: recipe overrides, key=value")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=["bare", "bare-logprobs", "rlvr"],
+        default=["bare", "rlvr"],
+        help="with --recipe: what to run, in this order",
+    )
+    ap.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="with --recipe"
+    )
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--n", type=int, default=8)
