@@ -4,6 +4,7 @@
     rlvr eval MODEL --benchmarks gsm8k,math500 [--limit 50] [--n 4] [--k 1,2,4] [--out results/x]
     rlvr eval --compare RESULTS_A RESULTS_B
     rlvr plot RUN_DIR [RUN_DIR ...] [--out DIR]
+    rlvr rollout-server RECIPE.yaml [key=value ...] [--host 0.0.0.0] [--port 8100]
 
 Without ``--accelerate-config`` the recipe runs in this process (one CPU or one GPU, no launcher).
 With it, the command is exactly
@@ -115,6 +116,28 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollout_server(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+
+    from rlvr.config import RecipeError, load_recipe
+    from rlvr.models import resolve_model
+    from rlvr.rollout.server import serve
+    from rlvr.trainer.setup import engine_options
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_path = str(resolve_model(recipe.model.name_or_path))
+    serve(recipe.rollout.engine, model_path, engine_options(recipe, device), args.host, args.port)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlvr", description="RL from verifiable rewards for LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +204,19 @@ def main(argv: list[str] | None = None) -> int:
         "--out", "-o", help="folder for the PNGs (default: RUN_DIR/plots for one run, plots/ for several)"
     )
     plot.set_defaults(func=_plot)
+
+    server = sub.add_parser(
+        "rollout-server",
+        help="serve a recipe's rollout engine to trainers (rollout.mode: server)",
+        description="Start the recipe's rollout engine (rollout.engine, with the recipe's engine settings) "
+        "and answer a trainer whose recipe sets rollout.mode: server and lists this server's URL in "
+        "rollout.servers. New weights arrive over a torch.distributed group. See docs/scaling.md.",
+    )
+    server.add_argument("recipe", help="recipe YAML file (the trainer's)")
+    server.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    server.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    server.add_argument("--port", type=int, default=8100)
+    server.set_defaults(func=_rollout_server)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -298,6 +298,29 @@ class RolloutConfig(SamplingSettings):
     """Per-token annealed sampling temperature (EAD); requires temperature: 1.0."""
     max_model_len: int | None = None
     """Engine context length; default max_prompt_tokens + max_tokens."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """vLLM: devices one engine shards the model over (its tensor parallelism), in both modes."""
+    mode: Literal["colocated", "server"] = "colocated"
+    """colocated: every training process owns an engine and gets new weights from a file in shared
+    memory. server: rollout servers (``rlvr rollout-server``) in their own processes, on their own
+    devices or nodes, sample for all training processes; new weights are broadcast to them over a
+    torch.distributed group (gloo on CPU, NCCL on GPU), in buckets, gathered layer by layer under
+    ZeRO-3 (docs/scaling.md)."""
+    servers: list[str] = []
+    """Server mode: URLs of running rollout servers (``http://host:port``). Empty: the trainer's main
+    process starts ``num_servers`` of them on its own machine (logs in ``run_dir/logs/``) and stops
+    them at the end."""
+    num_servers: int = Field(1, ge=1)
+    """Server mode without ``servers``: how many servers the trainer starts."""
+    sync_address: str | None = None
+    """Server mode: the address servers reach the trainer's main process at for the weight broadcast.
+    Default: 127.0.0.1 for servers the trainer starts, this machine's host name otherwise."""
+    sync_bucket_mb: float = Field(256.0, gt=0)
+    """Server mode: weights travel in buckets of about this size (a tensor larger than it travels
+    alone); the biggest buffer on either side is bucket + largest tensor."""
+    server_timeout_s: float = Field(900.0, gt=0)
+    """Server mode: how long one request (a chunk's generation, a weight load) or a server's start may
+    take before the run stops with an error naming the server."""
 
 
 class RewardConfig(_Section):
@@ -541,6 +564,11 @@ class Recipe(_Section):
                 "rollout.temperature",
                 f"rollout.ead sets the temperature of every token; rollout.temperature must be 1.0 (the "
                 f"trainer's target policy), got {self.rollout.temperature}",
+            )
+        if self.rollout.engine == "hf" and self.rollout.tensor_parallel_size > 1:
+            raise KeyedValueError(
+                "rollout.tensor_parallel_size",
+                "the hf engine runs on one device; tensor parallelism needs rollout.engine: vllm",
             )
         samples = self.train.prompts_per_step * self.rollout.num_generations
         if samples % self.train.num_mini_batches:

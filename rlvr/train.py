@@ -28,7 +28,8 @@ from rlvr.config import Recipe, RecipeError, load_recipe
 from rlvr.console import is_main_rank, library_output_to, process_log_name, say
 from rlvr.data import PromptStats, load_prompts
 from rlvr.models import resolve_model
-from rlvr.rollout import ENGINES, RolloutEngine
+from rlvr.rollout import RolloutEngine
+from rlvr.rollout.pool import RolloutServerError
 from rlvr.scoring import RewardSpec, Scorer, ScoringError, build_reward_model
 from rlvr.trainer.batch import batch_of_groups, pad_id
 from rlvr.trainer.checkpoint import (
@@ -52,9 +53,9 @@ from rlvr.trainer.run import (
     start_run,
 )
 from rlvr.trainer.setup import (
-    engine_options,
     load_policy,
     lr_of,
+    make_engine,
     make_optimizer,
     reference_forward,
     reset_optimizer_state,
@@ -62,7 +63,7 @@ from rlvr.trainer.setup import (
     unpartitioned,
 )
 from rlvr.trainer.update import UpdateContext, policy_update, update_needs
-from rlvr.trainer.weights import gathered_parameters, policy_state
+from rlvr.trainer.weights import policy_tensors
 
 logger = logging.getLogger("rlvr")
 
@@ -169,10 +170,7 @@ def build(recipe: Recipe) -> Trainer:
     if critic_path is not None:
         forwards["critic"] = critic_output(model)
 
-    r = recipe.rollout
-    options = engine_options(recipe, str(accelerator.device), accelerator.process_index)
-    with unpartitioned():
-        engine = ENGINES.get(r.engine)(model_path, options)
+    engine, options = make_engine(recipe, accelerator, model_path, run_dir)
     base_dir = Path(recipe.source).resolve().parent if recipe.source else None
     scorer = Scorer(
         [RewardSpec(v.name, v.weight, dict(v.kwargs), v.route) for v in recipe.rewards.verifiers],
@@ -221,10 +219,11 @@ def build(recipe: Recipe) -> Trainer:
         for component in components:
             if component.state_key in state:
                 component.load_state_dict(state[component.state_key])
-        sync_weights(trainer)
         dropped = log.resume_after(trainer.step)
         if accelerator.is_main_process:
             record_resume(run_dir, recipe, checkpoint, trainer.step, changes, dropped)
+    if checkpoint is not None or recipe.rollout.mode == "server":
+        sync_weights(trainer)  # the resumed policy; a server may hold another run's weights
     return trainer
 
 
@@ -254,9 +253,7 @@ def _load_reward_models(recipe: Recipe, accelerator) -> list:
 def sync_weights(trainer: Trainer) -> float:
     """Push the current policy weights into this process's rollout engine; returns seconds taken."""
     start = time.perf_counter()
-    with gathered_parameters(trainer.accelerator, trainer.ctx.model) as unwrapped:
-        named = policy_state(unwrapped)
-    trainer.engine.update_weights(named)
+    trainer.engine.update_weights(policy_tensors(trainer.accelerator, trainer.ctx.model))
     return time.perf_counter() - start
 
 
@@ -414,7 +411,7 @@ def _train_rl(recipe: Recipe, run_dir: Path) -> Path:
     if acc.is_main_process:
         say(
             f"rlvr: {recipe.run.steps} steps, {acc.num_processes} process(es) on {acc.device}, "
-            f"engine {recipe.rollout.engine}, {_algorithm_name(recipe)}, run dir {run_dir}"
+            f"engine {_engine_name(t)}, {_algorithm_name(recipe)}, run dir {run_dir}"
         )
     try:
         while t.step < recipe.run.steps:
@@ -442,6 +439,14 @@ def _train_rl(recipe: Recipe, run_dir: Path) -> Path:
     return run_dir
 
 
+def _engine_name(t: Trainer) -> str:
+    r = t.recipe.rollout
+    if r.mode == "colocated":
+        return r.engine
+    count = len(t.engine.urls)
+    return f"{r.engine} on {count} rollout server{'s' if count > 1 else ''}"
+
+
 def _algorithm_name(recipe: Recipe) -> str:
     algo = recipe.algorithm
     if algo.preference is not None:
@@ -460,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, ScoringError) as exc:  # a bad recipe, or a verifier failing on every sample
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RolloutServerError as exc:  # a rollout server died or stopped answering
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

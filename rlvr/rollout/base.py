@@ -9,6 +9,7 @@ distribution is ``softmax(logits / τ_t)`` at the t-th generated token.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -20,6 +21,21 @@ from rlvr.rollout.ead import EADSchedule
 
 if TYPE_CHECKING:
     from rlvr.config import SamplingSettings
+
+
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
+"""The launcher's torch.distributed variables: an engine's own processes (vLLM's workers, a rollout
+server) are not ranks of the trainer and must not inherit them."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,21 @@ class SamplingConfig:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    def to_dict(self) -> dict:
+        """JSON-ready form (a rollout server's request)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SamplingConfig:
+        schedule = data.get("temperature_schedule")
+        return cls(
+            **{
+                **data,
+                "stop": tuple(data.get("stop", ())),
+                "temperature_schedule": None if schedule is None else EADSchedule(**schedule),
+            }
+        )
+
 
 @dataclass
 class Completion:
@@ -103,6 +134,8 @@ class EngineOptions:
     kv_cache_gb: float = 1.0
     enforce_eager: bool = True
     device: str = "cpu"
+    tensor_parallel_size: int = 1
+    """vLLM: GPUs (CPU: worker processes) one engine shards the model over."""
     temperature_schedule: bool = False
     """vLLM: install the per-token temperature logits processor (:mod:`rlvr.rollout.vllm_ead`) so that
     ``SamplingConfig.temperature_schedule`` can be used. Off by default: an engine without it starts and
@@ -117,10 +150,26 @@ class RolloutEngine(Protocol):
         ...
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Replace the engine's weights (HF parameter names, full unsharded tensors)."""
+        """Replace the engine's weights (HF parameter names, full unsharded tensors). ``named_tensors``
+        may be a generator whose tensors are valid only until the next is asked for: copy what you keep.
+        The trainer calls this on every process; each must consume the stream to its end."""
         ...
 
     def close(self) -> None: ...
+
+
+class ServedEngine(RolloutEngine, Protocol):
+    """An engine a rollout server can host (:mod:`rlvr.rollout.server`): it also takes weights broadcast
+    over the trainer's weight group (:mod:`rlvr.rollout.broadcast`)."""
+
+    receivers: int
+    """Processes that join the weight group (a tensor-parallel vLLM engine: one per worker)."""
+
+    def join_weight_group(self, info) -> None: ...
+
+    def receive_weights(self) -> None:
+        """Load one sync's buckets as they arrive."""
+        ...
 
 
 ENGINES: Registry = Registry("rollout engine")

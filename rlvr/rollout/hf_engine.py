@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from rlvr.rollout.base import ENGINES, Completion, EngineOptions, SamplingConfig
+from rlvr.rollout.broadcast import GroupInfo, open_group, receive_weights
 from rlvr.rollout.ead import EADSchedule
 
 
@@ -136,6 +137,17 @@ class HFEngine:
         for name, tensor in named_tensors:
             if name in params:
                 params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+    receivers = 1
+    """Processes that receive broadcast weights: this one."""
+
+    def join_weight_group(self, info: GroupInfo) -> None:
+        """Server side: join the trainer's weight group (:mod:`rlvr.rollout.broadcast`)."""
+        self.weight_group = open_group(info, info.rank_offset)
+
+    def receive_weights(self) -> None:
+        """Server side: copy one broadcast sync into the model as its buckets arrive."""
+        self.update_weights(receive_weights(self.weight_group, self.model.device))
 
     def close(self) -> None:
         self.model = None

@@ -16,6 +16,7 @@ installed only when ``EngineOptions.temperature_schedule`` is set.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
@@ -23,7 +24,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from rlvr.rollout.base import ENGINES, Completion, EngineOptions, SamplingConfig
+from rlvr.rollout.base import ENGINES, LAUNCHER_VARIABLES, Completion, EngineOptions, SamplingConfig
+from rlvr.rollout.broadcast import GroupInfo
 
 WORKER_EXTENSION = "rlvr.rollout.vllm_worker.WeightSyncExtension"
 
@@ -36,17 +38,7 @@ def _engine_environment(device: str) -> Iterator[None]:
     workers; on GPU each engine must see only this process's GPU.
     """
     saved = dict(os.environ)
-    for key in (
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-        "GROUP_RANK",
-        "ROLE_RANK",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "TORCHELASTIC_RUN_ID",
-    ):
+    for key in LAUNCHER_VARIABLES:
         os.environ.pop(key, None)
     if device.startswith("cuda"):
         index = torch.device(device).index or 0
@@ -63,17 +55,14 @@ def _engine_environment(device: str) -> Iterator[None]:
 def _unshared_cpu_tensors(
     named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors for safetensors, which refuses tensors sharing memory (tied weights), cast
-    to ``dtype`` (the engine's: fewer bytes to write, and nothing for the engine to convert on load).
-
-    Only a tensor whose storage was already seen is copied; the others are written as they are.
-    """
-    out, seen = {}, set()
+    """Contiguous CPU copies for safetensors (which refuses tensors sharing memory, as tied weights do),
+    cast to ``dtype`` (the engine's: fewer bytes to write, and nothing for the engine to convert on load).
+    Copies, because the producer may release a tensor once the next is asked for
+    (:func:`rlvr.trainer.weights.policy_tensors`)."""
+    out = {}
     for name, tensor in named_tensors:
-        tensor = tensor.detach().to("cpu", dtype=dtype if tensor.is_floating_point() else None).contiguous()
-        pointer = tensor.untyped_storage().data_ptr()
-        out[name] = tensor.clone() if pointer in seen else tensor
-        seen.add(pointer)
+        cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        out[name] = tensor.detach().to("cpu", cast, copy=True).contiguous()
     return out
 
 
@@ -90,6 +79,7 @@ class VLLMEngine:
             seed=options.seed,
             max_model_len=options.max_model_len,
             enforce_eager=options.enforce_eager,
+            tensor_parallel_size=options.tensor_parallel_size,
             worker_extension_cls=WORKER_EXTENSION,
             logprobs_mode="processed_logprobs",
             enable_prefix_caching=True,
@@ -111,6 +101,8 @@ class VLLMEngine:
             self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.weight_dtype = self.llm.model_config.dtype  # the engine computes in it (a torch dtype)
+        self.receivers = self.llm.llm_engine.vllm_config.parallel_config.world_size
+        """Processes that receive broadcast weights (one per tensor-parallel worker)."""
         self.last_sync_s = 0.0
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
@@ -171,6 +163,15 @@ class VLLMEngine:
         finally:
             os.unlink(path)
         self.last_sync_s = time.perf_counter() - start
+
+    def join_weight_group(self, info: GroupInfo) -> None:
+        """Server side: every worker joins the trainer's weight group (:mod:`rlvr.rollout.broadcast`)."""
+        self.llm.collective_rpc("rlvr_join_weight_group", args=(dataclasses.asdict(info),))
+
+    def receive_weights(self) -> None:
+        """Server side: load one broadcast sync in every worker, layer by layer as buckets arrive."""
+        self.llm.collective_rpc("rlvr_receive_weights")
+        self.llm.reset_prefix_cache()
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

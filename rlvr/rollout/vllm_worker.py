@@ -1,6 +1,7 @@
 """Worker-side half of the vLLM weight sync; vLLM loads this class into its worker processes.
 
-Kept free of rlvr imports so that the worker pays only for what it uses.
+Kept light: the worker imports only the small broadcast module of rlvr, and only when it is asked to join
+a weight group.
 """
 
 from __future__ import annotations
@@ -15,3 +16,20 @@ class WeightSyncExtension:
 
         weights = load_file(path)
         self.model_runner.reload_weights(weights_iterator=list(weights.items()))
+
+    def rlvr_join_weight_group(self, info: dict) -> None:
+        """Join the trainer's weight group (:mod:`rlvr.rollout.broadcast`) as rank_offset + this worker's
+        rank in the engine (one receiver per tensor-parallel worker)."""
+        from rlvr.rollout.broadcast import GroupInfo, open_group
+
+        self.rlvr_weight_group = open_group(GroupInfo(**info), info["rank_offset"] + self.rank)
+
+    def rlvr_receive_weights(self) -> None:
+        """Receive one sync's buckets and load them as they arrive (vLLM's layer-wise in-place reload,
+        which re-applies the kernel-format packing)."""
+        from rlvr.rollout.broadcast import receive_weights
+
+        stream = receive_weights(self.rlvr_weight_group, self.device)
+        self.model_runner.reload_weights(weights_iterator=stream)
+        for _ in stream:  # the end marker, should the loader stop before it
+            pass

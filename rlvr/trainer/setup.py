@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
 from transformers import AutoModelForCausalLM
 
-from rlvr.config import Recipe
+from rlvr.config import Recipe, RecipeError
 from rlvr.rollout import EngineOptions
 from rlvr.trainer.critic import PolicyWithCritic, load_critic, policy_of
 
@@ -60,7 +62,56 @@ def engine_options(recipe: Recipe, device: str = "cpu", process_index: int = 0) 
         enforce_eager=r.enforce_eager,
         device=device,
         temperature_schedule=r.ead is not None,
+        tensor_parallel_size=r.tensor_parallel_size,
     )
+
+
+def make_engine(recipe: Recipe, accelerator: Accelerator, model_path: str, run_dir: Path):
+    """This process's rollout engine: its own colocated engine, or (``rollout.mode: server``) a
+    :class:`rlvr.rollout.pool.ServerPool` over the recipe's servers, or over servers the main process
+    starts here. Returns ``(engine, options)``; a pool's main process has formed the weight group."""
+    from rlvr.rollout import ENGINES
+
+    r = recipe.rollout
+    device = str(accelerator.device)
+    options = engine_options(recipe, device, accelerator.process_index)
+    if r.mode == "colocated":
+        with unpartitioned():
+            return ENGINES.get(r.engine)(model_path, options), options
+
+    from rlvr.rollout.pool import ServerPool, start_servers
+    from rlvr.trainer.distributed import from_main_process
+
+    urls, started = list(r.servers), []
+    if not urls:
+        if int(os.environ.get("WORLD_SIZE", "1")) != int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
+            raise RecipeError(
+                f"{recipe.source}: rollout.servers: a trainer on several machines cannot start its rollout "
+                "servers itself; start them with `rlvr rollout-server` and list their URLs"
+            )
+        if accelerator.is_main_process:
+            server_options = dataclasses.replace(engine_options(recipe, device), seed=recipe.run.seed)
+            logs = run_dir / "logs"
+            urls, started = start_servers(r.num_servers, r.engine, model_path, server_options, logs)
+        urls = from_main_process(accelerator, urls)
+    pool = ServerPool(
+        urls,
+        sender=accelerator.is_main_process,
+        weight_dtype=getattr(torch, options.dtype),
+        device=device,
+        timeout_s=r.server_timeout_s,
+        bucket_bytes=int(r.sync_bucket_mb * (1 << 20)),
+        started=started,
+    )
+    try:
+        pool.wait_ready(r.server_timeout_s)
+        if accelerator.is_main_process:
+            address = r.sync_address or ("127.0.0.1" if started else socket.getfqdn())
+            pool.open_weight_group(address)
+    except BaseException:
+        pool.close()
+        raise
+    return pool, options
 
 
 def warn_if_bf16_is_emulated(recipe: Recipe, mixed_precision: str | None, on_cpu: bool) -> list[str]:

@@ -14,20 +14,24 @@ from rlvr.trainer.setup import zero_stage
 
 
 @contextlib.contextmanager
-def gathered_parameters(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Yield the unwrapped policy (without a critic) with full parameters; under ZeRO-3 they are
-    all-gathered first.
-
-    Every process takes part in the gather and receives the full tensors (``modifier_rank=None``),
-    because every process owns a rollout engine.
-    """
-    unwrapped = policy_of(accelerator.unwrap_model(model))
+def _gathered(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """``params`` in full on every process for the scope (``modifier_rank=None``); under ZeRO-3 they are
+    all-gathered first, under ZeRO 0-2 every process already holds them."""
     if zero_stage(accelerator) == 3:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(unwrapped.parameters()), modifier_rank=None):
-            yield unwrapped
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield
     else:
+        yield
+
+
+@contextlib.contextmanager
+def gathered_parameters(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Yield the unwrapped policy (without a critic) with all its parameters in full (gathered at once
+    under ZeRO-3; :func:`policy_tensors` gathers one layer at a time)."""
+    unwrapped = policy_of(accelerator.unwrap_model(model))
+    with _gathered(accelerator, list(unwrapped.parameters())):
         yield unwrapped
 
 
@@ -42,3 +46,34 @@ def policy_state(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     if is_lora(model):  # the engine runs the base model with the adapter merged in
         return merged_weights(model, named)
     return [(name, param.detach().to("cpu")) for name, param in named.items()]
+
+
+def layer_groups(names: list[str]) -> list[list[str]]:
+    """Parameter names grouped by decoder layer, in order: the names before the first numbered layer
+    (embeddings), one group per ``...layers.<i>.`` (keyed on the first numeric segment, so LoRA's
+    ``base_model.model.model.layers.<i>`` groups alike), then the rest (final norm, LM head)."""
+    head: list[str] = []
+    layers: dict[str, list[str]] = {}
+    tail: list[str] = []
+    for name in names:
+        parts = name.split(".")
+        index = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        if index is None:
+            (tail if layers else head).append(name)
+        else:
+            layers.setdefault(".".join(parts[: index + 1]), []).append(name)
+    return [g for g in (head, *layers.values(), tail) if g]
+
+
+def policy_tensors(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's full tensors under HF names (as :func:`policy_state`), one decoder layer at a time:
+    under ZeRO-3 each layer is gathered, yielded and released before the next, so no process holds more
+    than one gathered layer. Every process must run the generator to its end (the gathers are
+    collective). A yielded tensor is valid until the next one is asked for; keep a copy to hold it."""
+    unwrapped = policy_of(accelerator.unwrap_model(model))
+    named = dict(unwrapped.named_parameters(remove_duplicate=False))
+    lora = is_lora(unwrapped)
+    for group in layer_groups(list(named)):
+        with _gathered(accelerator, [named[name] for name in group]):
+            tensors = {name: named[name].detach() for name in group}
+            yield from merged_weights(unwrapped, tensors) if lora else tensors.items()

@@ -1,0 +1,132 @@
+"""Weights from the trainer to rollout servers over a ``torch.distributed`` group, in bounded buckets.
+
+The group has the trainer's sending process as rank 0 and every receiving rank of every rollout server
+after it (a vLLM server with tensor parallelism t has t receiving workers). It is its own process group
+on its own TCP store, apart from the trainer's data-parallel group and from vLLM's: gloo on CPU, NCCL on
+GPU, the same code.
+
+One sync is a stream of buckets. Each bucket is three broadcasts from rank 0: its sizes (an int64 pair),
+a JSON header naming its tensors (name, dtype, shape), and the tensors' bytes packed into one uint8
+buffer. A bucket closes once it holds ``bucket_bytes`` or more; a tensor larger than that travels alone.
+A header size of 0 ends the stream. Because every bucket describes itself, the sender can produce
+tensors as it goes (gathered layer by layer under ZeRO-3) and no side ever holds the whole model in one
+buffer: the largest buffer is ``max(bucket_bytes + largest tensor, largest tensor)``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_BUCKET_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """Where and how a receiving process joins the weight group (sent to servers as JSON)."""
+
+    address: str
+    port: int
+    world_size: int
+    rank_offset: int
+    """Group rank of the server's first receiving process; its k-th receiver is rank_offset + k."""
+    backend: str = "gloo"
+    timeout_s: float = 600.0
+
+
+def open_group(info: GroupInfo, rank: int) -> dist.ProcessGroup:
+    """Join the weight group as ``rank`` (0: the trainer, which hosts the store). Blocks until all
+    ``world_size`` ranks have joined, or raises after ``timeout_s``."""
+    timeout = datetime.timedelta(seconds=info.timeout_s)
+    store = dist.TCPStore(info.address, info.port, info.world_size, is_master=rank == 0, timeout=timeout)
+    store = dist.PrefixStore("rlvr-weights", store)
+    if info.backend == "gloo":
+        group = dist.ProcessGroupGloo(store, rank, info.world_size, timeout)
+    elif info.backend == "nccl":
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = timeout
+        group = dist.ProcessGroupNCCL(store, rank, info.world_size, options)
+    else:
+        raise ValueError(f"weight group backend must be gloo or nccl, got {info.backend!r}")
+    return group
+
+
+def _broadcast(group: dist.ProcessGroup, tensor: torch.Tensor) -> None:
+    group.broadcast(tensor, 0).wait()
+
+
+def _pack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.contiguous().reshape(-1).view(torch.uint8) for t in tensors])
+
+
+def _send_bucket(group, names, tensors, device) -> None:
+    header = json.dumps(
+        [[n, str(t.dtype).removeprefix("torch."), list(t.shape)] for n, t in zip(names, tensors, strict=True)]
+    ).encode()
+    payload = _pack(tensors)
+    _broadcast(group, torch.tensor([len(header), payload.numel()], dtype=torch.int64, device=device))
+    _broadcast(group, torch.frombuffer(bytearray(header), dtype=torch.uint8).to(device))
+    _broadcast(group, payload)
+
+
+def send_weights(
+    group: dist.ProcessGroup,
+    named_tensors: Iterable[tuple[str, torch.Tensor]],
+    *,
+    dtype: torch.dtype | None = None,
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    device: torch.device | str = "cpu",
+) -> int:
+    """Broadcast ``named_tensors`` from rank 0, floating-point ones cast to ``dtype`` (the engine's:
+    half the bytes of float32 for bf16, and nothing to convert on arrival); returns the bytes sent.
+
+    Each tensor is copied as it arrives, so a producer may free or reuse its memory once the next one is
+    asked for (a ZeRO-3 gather scope)."""
+    device = torch.device(device)
+    names: list[str] = []
+    tensors: list[torch.Tensor] = []
+    size = sent = 0
+    for name, tensor in named_tensors:
+        cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        tensor = tensor.detach().to(device, cast, copy=True)  # the producer may reuse its buffer
+        names.append(name)
+        tensors.append(tensor)
+        size += tensor.numel() * tensor.element_size()
+        if size >= bucket_bytes:
+            _send_bucket(group, names, tensors, device)
+            sent += size
+            names, tensors, size = [], [], 0
+    if names:
+        _send_bucket(group, names, tensors, device)
+        sent += size
+    _broadcast(group, torch.zeros(2, dtype=torch.int64, device=device))
+    return sent
+
+
+def receive_weights(
+    group: dist.ProcessGroup, device: torch.device | str = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors rank 0 sends with :func:`send_weights`, one bucket at a time (a generator: pass it to
+    a loader that consumes as it goes, so at most one bucket is held)."""
+    device = torch.device(device)
+    while True:
+        sizes = torch.zeros(2, dtype=torch.int64, device=device)
+        _broadcast(group, sizes)
+        header_len, payload_len = (int(v) for v in sizes.tolist())
+        if header_len == 0:
+            return
+        header = torch.empty(header_len, dtype=torch.uint8, device=device)
+        _broadcast(group, header)
+        payload = torch.empty(payload_len, dtype=torch.uint8, device=device)
+        _broadcast(group, payload)
+        offset = 0
+        for name, dtype_name, shape in json.loads(bytes(header.cpu().tolist())):
+            dtype = getattr(torch, dtype_name)
+            count = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+            yield name, payload[offset : offset + count].view(dtype).view(shape)
+            offset += count

@@ -1,0 +1,173 @@
+"""A rollout server: one rollout engine in its own process, answering a trainer over HTTP.
+
+    rlvr rollout-server RECIPE.yaml [key=value ...] [--host 0.0.0.0] [--port 8100]
+
+The engine is the recipe's (``rollout.engine``, built with the same options a colocated engine gets), so
+a server samples exactly as the trainer's own engine would. The trainer (:class:`rlvr.rollout.pool.
+ServerPool`) sends it prompts and receives completions with their sampling log-probs; new weights arrive
+over a ``torch.distributed`` group (:mod:`rlvr.rollout.broadcast`), not over HTTP.
+
+Endpoints (JSON bodies):
+
+- ``GET /health``: ``{version, receivers, engine, model}``.
+- ``POST /join``: a :class:`~rlvr.rollout.broadcast.GroupInfo`; the engine's receivers join the trainer's
+  weight group. Resets the weight version to 0.
+- ``POST /receive`` ``{version}``: load one broadcast sync, then serve weights of that version.
+- ``POST /generate`` ``{prompt_ids, sampling, min_version}``: completions, prompt-major, once the
+  weights are at least ``min_version`` (a request that arrives before the trainer's sync waits for it).
+- ``POST /shutdown``.
+
+Generation and weight loading take turns on the engine (one lock); requests from several training
+processes are served one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from rlvr.rollout.base import ENGINES, EngineOptions, SamplingConfig
+from rlvr.rollout.broadcast import GroupInfo
+
+logger = logging.getLogger("rlvr.rollout.server")
+
+
+class RolloutServer:
+    """The engine, its weight version, and the handlers of the endpoints."""
+
+    def __init__(self, engine_name: str, model_path: str, options: EngineOptions, wait_s: float = 1800.0):
+        self.engine_name, self.model_path = engine_name, model_path
+        self.engine = ENGINES.get(engine_name)(model_path, options)
+        self.version = 0
+        self.wait_s = wait_s
+        self.engine_lock = threading.Lock()
+        self.version_changed = threading.Condition()
+
+    def health(self, _body: dict) -> dict:
+        return {
+            "version": self.version,
+            "receivers": getattr(self.engine, "receivers", 0),
+            "engine": self.engine_name,
+            "model": self.model_path,
+        }
+
+    def join(self, body: dict) -> dict:
+        if not hasattr(self.engine, "join_weight_group"):
+            raise ValueError(f"the {self.engine_name} engine cannot take broadcast weights")
+        with self.engine_lock:
+            self.engine.join_weight_group(GroupInfo(**body))
+            self._set_version(0)
+        return {}
+
+    def receive(self, body: dict) -> dict:
+        with self.engine_lock:
+            self.engine.receive_weights()
+            self._set_version(int(body["version"]))
+        return {}
+
+    def generate(self, body: dict) -> dict:
+        wanted = int(body.get("min_version", 0))
+        with self.version_changed:
+            if not self.version_changed.wait_for(lambda: self.version >= wanted, timeout=self.wait_s):
+                raise TimeoutError(f"weights of version {wanted} did not arrive in {self.wait_s:.0f} s")
+        sampling = SamplingConfig.from_dict(body["sampling"])
+        with self.engine_lock:
+            completions = self.engine.generate(body["prompt_ids"], sampling)
+        return {"version": self.version, "completions": [dataclasses.asdict(c) for c in completions]}
+
+    def _set_version(self, version: int) -> None:
+        with self.version_changed:
+            self.version = version
+            self.version_changed.notify_all()
+
+    def close(self) -> None:
+        with self.engine_lock:
+            self.engine.close()
+
+
+def _handler(server: RolloutServer, stop: threading.Event) -> type[BaseHTTPRequestHandler]:
+    routes = {
+        ("GET", "/health"): server.health,
+        ("POST", "/join"): server.join,
+        ("POST", "/receive"): server.receive,
+        ("POST", "/generate"): server.generate,
+        ("POST", "/shutdown"): lambda _body: stop.set() or {},
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, method: str) -> None:
+            route = routes.get((method, self.path))
+            if route is None:
+                return self._send(404, {"error": f"no endpoint {method} {self.path}"})
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                self._send(200, route(body))
+            except Exception as exc:  # the trainer gets the reason; the server keeps serving
+                logger.error("%s %s failed:\n%s", method, self.path, traceback.format_exc())
+                self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+        def _send(self, status: int, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self._answer("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._answer("POST")
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002
+            logger.debug(format, *args)
+
+    return Handler
+
+
+def serve(engine_name: str, model_path: str, options: EngineOptions, host: str, port: int) -> None:
+    """Build the engine, then answer requests until ``POST /shutdown`` (or a signal)."""
+    server = RolloutServer(engine_name, model_path, options)
+    stop = threading.Event()
+    http = ThreadingHTTPServer((host, port), _handler(server, stop))
+    http.daemon_threads = True
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    url = f"http://{host}:{http.server_address[1]}"
+    print(f"rollout server ready on {url} ({engine_name}, {model_path})", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a clean close: the engine's processes too
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        http.shutdown()
+        server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The form the trainer starts (engine options as JSON); users start ``rlvr rollout-server RECIPE``."""
+    parser = argparse.ArgumentParser(prog="python -m rlvr.rollout.server")
+    parser.add_argument("--engine", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--options", default="{}", help="EngineOptions fields as JSON")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(args.engine, args.model, EngineOptions(**json.loads(args.options)), args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Rollout servers: bucketed weight broadcast over gloo, a real vLLM server against transformers, load
+balancing that keeps seeded results, and a dead server as a named error rather than a hang."""
+
+import threading
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlvr.models import build_tiny_model
+from rlvr.rollout import ENGINES, EngineOptions, SamplingConfig
+from rlvr.rollout.broadcast import GroupInfo, open_group, receive_weights, send_weights
+from rlvr.rollout.pool import RolloutServerError, ServerPool, free_port, start_servers
+from rlvr.trainer.weights import layer_groups, policy_state
+
+GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
+
+
+def test_broadcast_round_trip_in_bounded_buckets():
+    """Mixed dtypes and shapes arrive bit-exact under their names, cast to the engine dtype where they
+    are floating point, in several buckets none larger than bucket + largest tensor."""
+    torch.manual_seed(0)
+    tensors = [
+        ("embed.weight", torch.randn(64, 16)),  # 4 KiB in float32, 2 KiB sent as bfloat16
+        ("layers.0.scale", torch.randn(16)),
+        ("layers.0.index", torch.arange(10, dtype=torch.int64)),  # not cast
+        ("layers.1.w", torch.randn(8, 8, 2)),
+        ("head.bias", torch.randn(3)),
+    ]
+    info = GroupInfo(address="127.0.0.1", port=free_port(), world_size=2, rank_offset=1, timeout_s=60)
+    received, buffers = [], set()
+
+    def receiver() -> None:
+        group = open_group(info, 1)
+        for name, tensor in receive_weights(group):
+            received.append((name, tensor.clone()))
+            buffers.add((tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes()))
+
+    thread = threading.Thread(target=receiver)
+    thread.start()
+    sent = send_weights(open_group(info, 0), iter(tensors), dtype=torch.bfloat16, bucket_bytes=1024)
+    thread.join(timeout=60)
+
+    assert [name for name, _ in received] == [name for name, _ in tensors]
+    for (_, want), (_, got) in zip(tensors, received, strict=True):
+        cast = torch.bfloat16 if want.is_floating_point() else want.dtype
+        assert got.dtype == cast and got.shape == want.shape
+        assert torch.equal(got, want.to(cast))
+    assert sent == 64 * 16 * 2 + 16 * 2 + 10 * 8 + 8 * 8 * 2 * 2 + 3 * 2
+    # the 2 KiB embedding closes the first bucket alone; the rest (~0.4 KiB) is the second
+    assert sorted(size for _, size in buffers) == [16 * 2 + 10 * 8 + 8 * 8 * 2 * 2 + 3 * 2, 64 * 16 * 2]
+
+
+def test_layer_groups_keep_each_decoder_layer_together():
+    names = [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.10.mlp.up_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
+    assert layer_groups(names) == [
+        ["model.embed_tokens.weight"],
+        ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"],
+        ["model.layers.1.self_attn.q_proj.weight"],
+        ["model.layers.10.mlp.up_proj.weight"],
+        ["model.norm.weight", "lm_head.weight"],
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-served"), seed=0)
+
+
+def perturbed(tiny_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return model
+
+
+PROMPTS = [[1, 2, 3, 4], [5, 6, 7], [8, 9], [10, 11, 12], [13]]
+
+
+@pytest.mark.vllm
+def test_vllm_server_after_broadcast_sync_matches_transformers(tiny_dir, tmp_path):
+    """A real `python -m rlvr.rollout.server` with vLLM: after one broadcast sync (small buckets, so the
+    worker loads a stream of several) its greedy output is transformers' on the same weights; a pool
+    that splits the prompts over two replicas (the same server listed twice) returns exactly what one
+    replica returns, seeded samples included."""
+    options = EngineOptions(max_model_len=256, kv_cache_gb=0.25)
+    urls, started = start_servers(1, "vllm", str(tiny_dir), options, tmp_path / "logs")
+    pool = ServerPool(urls, sender=True, weight_dtype=torch.float32, started=started, bucket_bytes=64 << 10)
+    try:
+        pool.wait_ready(300)
+        assert pool.receivers == [1]
+        pool.open_weight_group()
+        before = [c.token_ids for c in pool.generate(PROMPTS, GREEDY)]
+
+        model = perturbed(tiny_dir)
+        pool.update_weights(iter(policy_state(model)))
+        assert pool.version == 1
+        after = pool.generate(PROMPTS, GREEDY)
+        reference = ENGINES.get("hf")(str(tiny_dir), EngineOptions())
+        reference.update_weights(policy_state(model))
+        expected = reference.generate(PROMPTS, GREEDY)
+        assert [c.token_ids for c in after] != before  # the sync reached the server
+        assert [c.token_ids for c in after] == [c.token_ids for c in expected]
+        for a, b in zip(after, expected, strict=True):
+            torch.testing.assert_close(
+                torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-3, rtol=1e-3
+            )
+
+        sampling = SamplingConfig(n=3, temperature=1.0, max_tokens=8, seed=11)
+        one = pool.generate(PROMPTS, sampling)
+        two = ServerPool(urls * 2, sender=False, weight_dtype=None)
+        two.version = pool.version
+        split = two.generate(PROMPTS, sampling)
+        assert [(c.prompt_index, c.token_ids, c.logprobs) for c in split] == [
+            (c.prompt_index, c.token_ids, c.logprobs) for c in one
+        ]
+        assert [c.prompt_index for c in one] == [i for i in range(len(PROMPTS)) for _ in range(3)]
+    finally:
+        pool.close()
+    assert started[0].process.poll() is not None  # the trainer stops the servers it started
+
+
+def test_dead_server_is_a_named_error_not_a_hang(tiny_dir, tmp_path):
+    """Generation from, and a weight broadcast to, a server whose process died both fail within seconds
+    with the server's URL, exit code and log."""
+    urls, started = start_servers(1, "hf", str(tiny_dir), EngineOptions(), tmp_path / "logs")
+    pool = ServerPool(urls, sender=True, weight_dtype=torch.float32, started=started, timeout_s=120)
+    try:
+        pool.wait_ready(120)
+        pool.open_weight_group()
+        pool.update_weights(iter(policy_state(perturbed(tiny_dir))))
+        assert len(pool.generate(PROMPTS[:2], GREEDY)) == 2
+
+        started[0].process.kill()
+        started[0].process.wait()
+        for attempt in (
+            lambda: pool.generate(PROMPTS[:2], GREEDY),
+            lambda: pool.update_weights(iter(policy_state(perturbed(tiny_dir)))),
+        ):
+            start = time.monotonic()
+            with pytest.raises(RolloutServerError) as error:
+                attempt()
+            assert time.monotonic() - start < 30
+            message = str(error.value)
+            assert f"rollout server 0 at {urls[0]}" in message
+            assert "exited with code -9" in message and "rollout-server-0.log" in message
+    finally:
+        pool.close()
+
+
+def test_server_that_fails_to_start_is_named_with_its_log(tmp_path):
+    urls, started = start_servers(
+        1, "hf", str(tmp_path / "no-such-model"), EngineOptions(), tmp_path / "logs"
+    )
+    pool = ServerPool(urls, sender=True, weight_dtype=None, started=started)
+    with pytest.raises(
+        RolloutServerError, match=r"rollout server 0 .*exited with code 1 \(log: .*rollout-server-0.log"
+    ):
+        pool.wait_ready(120)
+    assert "no-such-model" in started[0].log.read_text()
