@@ -510,6 +510,12 @@ class TrainConfig(_Section):
     micro-batches, and memory is bounded by tokens, not rows. The number of micro-batches varies from step
     to step (every process runs as many as the one that needs the most); the gradient is the same. None:
     micro_batch_size rows per micro-batch."""
+    async_steps: int = Field(0, ge=0)
+    """Asynchronous training (``rollout.mode: server``): generate the rollouts of step t+1 .. t+k while
+    step t updates, so sampling and training overlap and a batch may come from weights up to k updates
+    old (reported as async/staleness). 0: synchronous. Correct the lag with an importance weight against
+    the engine's log-probs (``algorithm.token_weights: [{name: tis}]``, docs/algorithms.md). The sampler
+    draws each batch k steps early, so a curriculum sees results k steps late."""
     lr: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -564,6 +570,18 @@ class Recipe(_Section):
                 "rollout.temperature",
                 f"rollout.ead sets the temperature of every token; rollout.temperature must be 1.0 (the "
                 f"trainer's target policy), got {self.rollout.temperature}",
+            )
+        if self.train.async_steps and self.rollout.mode != "server":
+            raise KeyedValueError(
+                "train.async_steps",
+                "asynchronous training generates on rollout servers while the trainer updates: set "
+                "rollout.mode: server",
+            )
+        if self.train.async_steps and self.algorithm.dynamic_sampling.enabled:
+            raise KeyedValueError(
+                "train.async_steps",
+                "dynamic sampling decides after each round whether to draw more, which needs the batch "
+                "before the next is generated: use train.async_steps: 0 with it",
             )
         if self.rollout.engine == "hf" and self.rollout.tensor_parallel_size > 1:
             raise KeyedValueError(

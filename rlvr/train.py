@@ -37,7 +37,7 @@ from rlvr.trainer.checkpoint import (
     save_checkpoint,
     save_final_model,
 )
-from rlvr.trainer.collect import collect
+from rlvr.trainer.collect import Prefetch, collect
 from rlvr.trainer.components import Component, Requests, build_components, merge_requests, requests_of
 from rlvr.trainer.distributed import gathered, global_means, global_sums, whole_batch
 from rlvr.trainer.evaluation import PeriodicEvaluator
@@ -97,6 +97,8 @@ class Trainer:
     """Steps 5-7 of the step: :func:`policy_gradient_update` or :func:`preference_pairs_update`."""
     preference_loss: tuple[Callable, dict] | None = None
     """Online preference training: (preference loss, bound hyperparameters)."""
+    prefetch: Prefetch | None = None
+    """Asynchronous training (train.async_steps): rollouts generated ahead of the step."""
     step: int = 0
 
     def __post_init__(self) -> None:
@@ -224,6 +226,8 @@ def build(recipe: Recipe) -> Trainer:
             record_resume(run_dir, recipe, checkpoint, trainer.step, changes, dropped)
     if checkpoint is not None or recipe.rollout.mode == "server":
         sync_weights(trainer)  # the resumed policy; a server may hold another run's weights
+    if recipe.train.async_steps:
+        trainer.prefetch = Prefetch(trainer, recipe.train.async_steps, requests)
     return trainer
 
 

@@ -1,5 +1,5 @@
 """Training in ``rollout.mode: server``: a 2-process ZeRO-3 trainer and a vLLM rollout server it starts
-learn the tiny task; a server that dies mid-run stops the run with an error naming it."""
+learn the tiny task, asynchronously; a server that dies mid-run stops the run with an error naming it."""
 
 import os
 import subprocess
@@ -12,12 +12,15 @@ from launch import ROOT, TINY_RECIPE, accelerate, free_port, metrics, run, tiny_
 
 @pytest.mark.vllm
 @pytest.mark.distributed
-def test_tiny_model_learns_with_a_rollout_server_and_zero3(tmp_path):
+def test_tiny_model_learns_asynchronously_with_a_rollout_server_and_zero3(tmp_path):
     """The trainer's main process starts one vLLM server; every step both processes send it their
-    prompts and, under ZeRO-3, gather the policy layer by layer for the broadcast that main sends."""
+    prompts and, under ZeRO-3, gather the policy layer by layer for the broadcast that main sends.
+    Generation runs one step ahead (train.async_steps=1) with the TIS correction; the task is learned as
+    the synchronous colocated run learns it (test_e2e_learning)."""
     out = tmp_path / "run"
     cmd = accelerate("recipes/accelerate/zero3.yaml", "-m", "rlvr.train", str(TINY_RECIPE))
-    proc = run([*cmd, f"run.output_dir={out}", "rollout.mode=server"], timeout=900)
+    overrides = ["rollout.mode=server", "train.async_steps=1", "algorithm.token_weights=[{name: tis}]"]
+    proc = run([*cmd, f"run.output_dir={out}", *overrides], timeout=900)
     assert "engine vllm on 1 rollout server" in proc.stdout
     rows = metrics(out)
     rewards = [r["reward/mean"] for r in rows]
@@ -27,6 +30,8 @@ def test_tiny_model_learns_with_a_rollout_server_and_zero3(tmp_path):
     assert last > first + 0.05 and last > 3 * first, rewards
     assert rows[-1]["actor/entropy"] < rows[0]["actor/entropy"] - 1.0  # the server sampled the new policy
     assert all(r["time/sync_s"] > 0 for r in rows)
+    # step 1 was sampled with the initial weights it trains; every later step one update behind
+    assert [r["async/staleness"] for r in rows] == [0.0] + [1.0] * 29
     assert "rollout server ready" in (out / "logs/rollout-server-0.log").read_text()
 
 
@@ -62,3 +67,24 @@ def test_a_server_dying_mid_run_stops_the_run_naming_it(tmp_path):
     assert f"error: rollout server 0 at http://127.0.0.1:{port}" in stderr
     assert "Traceback" not in stderr
     assert len(metrics(out)) < 30
+
+
+def test_async_steps_bound_the_staleness(tmp_path):
+    """Two steps ahead with the transformers engine on a server: a step's samples are 0 to 2 weight
+    syncs old, the bound is reached, and the run ends cleanly with its rollouts queued no further than
+    its last step."""
+    out = tmp_path / "run"
+    run(tiny_train(out, "rollout.mode=server", "train.async_steps=2", steps=6))
+    rows = metrics(out)
+    staleness = [r["async/staleness"] for r in rows]
+    assert len(rows) == 6 and staleness[0] == 0.0
+    assert all(0.0 <= s <= 2.0 for s in staleness) and max(staleness) == 2.0, staleness
+    assert all(r["time/rollout_wait_s"] >= 0 for r in rows)
+
+
+def test_async_steps_need_a_rollout_server(tmp_path):
+    proc = subprocess.run(
+        tiny_train(tmp_path / "run", "train.async_steps=1"), cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "train.async_steps" in proc.stderr and "rollout.mode: server" in proc.stderr

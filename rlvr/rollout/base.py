@@ -121,6 +121,9 @@ class Completion:
     text: str
     finish_reason: str
     """``stop`` (EOS or a stop string) or ``length`` (hit max_tokens)."""
+    weight_version: int | None = None
+    """Rollout servers: the number of weight syncs the server had received when it sampled this (the
+    trainer counts the same), so the trainer can tell how stale a sample is. None for colocated engines."""
 
 
 @dataclass

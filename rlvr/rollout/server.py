@@ -79,8 +79,11 @@ class RolloutServer:
                 raise TimeoutError(f"weights of version {wanted} did not arrive in {self.wait_s:.0f} s")
         sampling = SamplingConfig.from_dict(body["sampling"])
         with self.engine_lock:
+            version = self.version
             completions = self.engine.generate(body["prompt_ids"], sampling)
-        return {"version": self.version, "completions": [dataclasses.asdict(c) for c in completions]}
+        for c in completions:
+            c.weight_version = version
+        return {"version": version, "completions": [dataclasses.asdict(c) for c in completions]}
 
     def _set_version(self, version: int) -> None:
         with self.version_changed:

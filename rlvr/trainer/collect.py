@@ -18,8 +18,11 @@ import dataclasses
 import hashlib
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Collection
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,13 +162,17 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
     drawn: list[dict] = []  # the global batches of every round (the same on every process)
     zero_variance = 0
     while True:
-        batch = t.sampler.next_batch(per_round, t.step)
-        drawn.extend(batch)
-        rows = shard(batch, acc.process_index, acc.num_processes)
-        generated: list[Group] = []
-        if len(kept) < quota:
-            seed = seed_for(recipe.run.seed, t.step, acc.process_index, rounds)
-            generated = generate_groups(t, rows, seed, t.step, greedy_baseline, timer, failures)
+        if t.prefetch is not None:  # asynchronous: the step's one round was generated ahead
+            batch, generated, failures, timer["reward_s"], timer["wait_s"] = t.prefetch.take(t.step)
+            drawn.extend(batch)
+        else:
+            batch = t.sampler.next_batch(per_round, t.step)
+            drawn.extend(batch)
+            rows = shard(batch, acc.process_index, acc.num_processes)
+            generated: list[Group] = []
+            if len(kept) < quota:
+                seed = seed_for(recipe.run.seed, t.step, acc.process_index, rounds)
+                generated = generate_groups(t, rows, seed, t.step, greedy_baseline, timer, failures)
         rounds += 1
         zero_variance += sum(len(set(g.rewards)) <= 1 for g in generated)
         generated_groups += len(generated)
@@ -188,7 +195,14 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
     if len(kept) < quota:
         raise RuntimeError(f"collected {len(kept)} groups, need {quota}")  # cannot happen: round 1 fills
     baselines = [g.baseline for g in kept if g.baseline is not None]
+    behind = [
+        t.engine.version - c.weight_version
+        for g in kept
+        for c in g.completions
+        if c.weight_version is not None
+    ]  # weight syncs between sampling and this update
     counts = [len(dropped), filled, sum(baselines), len(baselines), zero_variance, generated_groups]
+    counts += [sum(behind), len(behind)]
     totals = global_sums(acc, [float(c) for c in counts] + failures.vector())
     step_failures = failures.with_counts(totals[len(counts) :])
     _check_failures(t, failures, step_failures)
@@ -196,6 +210,10 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
     metrics.update(curriculum_metrics(t, drawn, curriculum, zero_variance=totals[4] / max(totals[5], 1.0)))
     if greedy_baseline:
         metrics["reward/baseline_mean"] = totals[2] / max(totals[3], 1.0)
+    if totals[7]:
+        metrics["async/staleness"] = totals[6] / totals[7]
+    if "wait_s" in timer:
+        metrics["time/rollout_wait_s"] = timer["wait_s"]
     if ds.enabled:
         metrics.update(
             {
@@ -205,6 +223,55 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
             }
         )
     return kept, metrics
+
+
+class Prefetch:
+    """Asynchronous rollouts (``train.async_steps: k``, arXiv 2410.18252 for the off-policy lag): while
+    the trainer runs step t, the generation and scoring of steps t+1 .. t+k run in a background thread.
+
+    Batches are drawn from the sampler in step order when their generation is queued, with the seeds a
+    synchronous step would use; one thread runs the queued jobs in order (the engine and the verifier
+    pool take one caller at a time). Only generation and scoring run in the background: everything that
+    talks to the other training processes (curriculum updates, failure counts) stays in the step, in
+    the same order on every process. A step's samples are at most k weight syncs old."""
+
+    def __init__(self, t, depth: int, needs: Collection[str] = ()) -> None:
+        self.t, self.depth = t, depth
+        self.greedy_baseline = "baseline_rewards" in needs
+        self.queued: dict[int, tuple[list[dict], Future]] = {}
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._work, daemon=True, name="rlvr-prefetch").start()
+
+    def _work(self) -> None:
+        while True:
+            future, args = self.jobs.get()
+            try:
+                future.set_result(self._generate(*args))
+            except BaseException as exc:  # raised in the step that takes it
+                future.set_exception(exc)
+
+    def _generate(self, rows: list[dict], step: int) -> tuple:
+        t = self.t
+        timer, failures = {"reward_s": 0.0}, t.scorer.failure_tally()
+        seed = seed_for(t.recipe.run.seed, step, t.accelerator.process_index, 0)
+        groups = generate_groups(t, rows, seed, step, self.greedy_baseline, timer, failures)
+        return groups, failures, timer["reward_s"]
+
+    def take(self, step: int) -> tuple:
+        """Step ``step``'s global batch, this process's scored groups, their failure tally, the seconds
+        spent in verifiers and the seconds waited; queues the jobs of the next ``depth`` steps first."""
+        t = self.t
+        for ahead in range(step, min(step + self.depth, t.recipe.run.steps - 1) + 1):
+            if ahead not in self.queued:
+                batch = t.sampler.next_batch(t.recipe.train.prompts_per_step, ahead)
+                rows = shard(batch, t.accelerator.process_index, t.accelerator.num_processes)
+                future: Future = Future()
+                self.jobs.put((future, (rows, ahead)))
+                self.queued[ahead] = (batch, future)
+        batch, future = self.queued.pop(step)
+        start = time.perf_counter()
+        groups, failures, reward_s = future.result()
+        return batch, groups, failures, reward_s, time.perf_counter() - start
 
 
 def _check_failures(t, local: FailureTally, step_failures: FailureTally) -> None:
