@@ -515,7 +515,8 @@ class TrainConfig(_Section):
     step t updates, so sampling and training overlap and a batch may come from weights up to k updates
     old (reported as async/staleness). 0: synchronous. Correct the lag with an importance weight against
     the engine's log-probs (``algorithm.token_weights: [{name: tis}]``, docs/algorithms.md). The sampler
-    draws each batch k steps early, so a curriculum sees results k steps late."""
+    draws each batch k steps early, so a curriculum sees results k steps late, and a resumed run skips the
+    batches that were queued ahead when its checkpoint was written."""
     lr: float = Field(1e-6, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)

@@ -139,6 +139,10 @@ class EngineOptions:
     device: str = "cpu"
     tensor_parallel_size: int = 1
     """vLLM: GPUs (CPU: worker processes) one engine shards the model over."""
+    shares_gpu: bool = False
+    """vLLM on GPU, colocated with a training process on the same GPU: new weights arrive by CUDA IPC in
+    bounded buffers (no file), and the engine sleeps during the update (its KV cache freed, weights
+    offloaded) and wakes for the weight load (vLLM's sleep mode)."""
     temperature_schedule: bool = False
     """vLLM: install the per-token temperature logits processor (:mod:`rlvr.rollout.vllm_ead`) so that
     ``SamplingConfig.temperature_schedule`` can be used. Off by default: an engine without it starts and
@@ -156,6 +160,11 @@ class RolloutEngine(Protocol):
         """Replace the engine's weights (HF parameter names, full unsharded tensors). ``named_tensors``
         may be a generator whose tensors are valid only until the next is asked for: copy what you keep.
         The trainer calls this on every process; each must consume the stream to its end."""
+        ...
+
+    def release_memory(self) -> None:
+        """Free what generation holds until the next ``update_weights`` (called before the update; a
+        no-op for engines that hold nothing worth freeing)."""
         ...
 
     def close(self) -> None: ...

@@ -149,5 +149,8 @@ class HFEngine:
         """Server side: copy one broadcast sync into the model as its buckets arrive."""
         self.update_weights(receive_weights(self.weight_group, self.model.device))
 
+    def release_memory(self) -> None:
+        """Nothing to free: transformers allocates its cache per ``generate`` call."""
+
     def close(self) -> None:
         self.model = None

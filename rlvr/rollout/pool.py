@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -38,6 +39,8 @@ import torch
 
 from rlvr.rollout.base import LAUNCHER_VARIABLES, Completion, EngineOptions, SamplingConfig
 from rlvr.rollout.broadcast import DEFAULT_BUCKET_BYTES, GroupInfo, open_group, send_weights
+
+logger = logging.getLogger("rlvr")
 
 
 class RolloutServerError(RuntimeError):
@@ -155,7 +158,10 @@ class ServerPool:
     def _describe(self, i: int, problem: str) -> str:
         text = f"rollout server {i} at {self.urls[i]}: {problem}"
         if i < len(self.started):
-            code = self.started[i].process.poll()
+            try:  # a server that just closed its sockets by dying may not have been reaped yet
+                code = self.started[i].process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                code = None
             if code is not None:
                 text += f"; it exited with code {code} (log: {self.started[i].log})"
         return text
@@ -181,19 +187,26 @@ class ServerPool:
     # ---- start --------------------------------------------------------------------------------------
     def wait_ready(self, timeout_s: float) -> None:
         """Poll every server's ``/health`` until all answer; a started server that exits fails at once."""
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
         self.receivers = []
         for i in range(len(self.urls)):
+            said = False
             while True:
                 try:
                     self.receivers.append(int(self._request(i, "/health", timeout=5)["receivers"]))
                     break
                 except RolloutServerError as exc:
+                    waited = time.monotonic() - start
                     exited = i < len(self.started) and self.started[i].process.poll() is not None
-                    if exited or time.monotonic() > deadline:
+                    if exited or waited > timeout_s:
                         raise RolloutServerError(
                             f"{exc} (waited {timeout_s:.0f} s for it to start)" if not exited else str(exc)
                         ) from None
+                    if waited > 15 and not said and i >= len(self.started):
+                        logger.warning(
+                            "waiting for rollout server %d at %s (up to %.0f s)", i, self.urls[i], timeout_s
+                        )
+                        said = True
                     time.sleep(1.0)
 
     def open_weight_group(self, address: str = "127.0.0.1") -> None:
@@ -258,6 +271,9 @@ class ServerPool:
         )
         self.last_sync_bytes = _alongside(loads, send, "broadcasting weights to the rollout servers")
         self.last_sync_s = time.perf_counter() - start
+
+    def release_memory(self) -> None:
+        """Nothing to free here: the servers' memory is on their own devices."""
 
     def close(self) -> None:
         """Stop the servers this trainer started (the others keep running for the next run)."""

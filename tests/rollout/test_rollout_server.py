@@ -12,6 +12,7 @@ from rlvr.models import build_tiny_model
 from rlvr.rollout import ENGINES, EngineOptions, SamplingConfig
 from rlvr.rollout.broadcast import GroupInfo, open_group, receive_weights, send_weights
 from rlvr.rollout.pool import RolloutServerError, ServerPool, free_port, start_servers
+from rlvr.rollout.vllm_engine import llm_kwargs
 from rlvr.trainer.weights import layer_groups, policy_state
 
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
@@ -169,3 +170,17 @@ def test_server_that_fails_to_start_is_named_with_its_log(tmp_path):
     ):
         pool.wait_ready(120)
     assert "no-such-model" in started[0].log.read_text()
+
+
+def test_weight_paths_follow_where_the_engine_runs():
+    """CPU: the shared-memory file (vLLM's CPU engine has no sleep mode and no CUDA IPC). A GPU engine
+    sharing its device with a training process: CUDA IPC and sleep mode. A GPU server: neither (its
+    weights come by broadcast, and nothing else needs its memory)."""
+    cpu = llm_kwargs("m", EngineOptions(kv_cache_gb=0.5))
+    assert cpu["kv_cache_memory_bytes"] == 1 << 29 and cpu["enable_chunked_prefill"] is False
+    assert "weight_transfer_config" not in cpu and "enable_sleep_mode" not in cpu
+    shared = llm_kwargs("m", EngineOptions(device="cuda:0", shares_gpu=True, gpu_memory_utilization=0.4))
+    assert shared["weight_transfer_config"] == {"backend": "ipc"} and shared["enable_sleep_mode"] is True
+    assert shared["gpu_memory_utilization"] == 0.4 and "kv_cache_memory_bytes" not in shared
+    server = llm_kwargs("m", EngineOptions(device="cuda:0", tensor_parallel_size=2))
+    assert "weight_transfer_config" not in server and server["tensor_parallel_size"] == 2
