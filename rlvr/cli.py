@@ -117,6 +117,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _rollout_server(args: argparse.Namespace) -> int:
+    import dataclasses
     import logging
 
     import torch
@@ -134,7 +135,9 @@ def _rollout_server(args: argparse.Namespace) -> int:
         return 2
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_path = str(resolve_model(recipe.model.name_or_path))
-    serve(recipe.rollout.engine, model_path, engine_options(recipe, device), args.host, args.port)
+    # a server has its GPU(s) to itself: no sleep mode, weights by broadcast (whatever the recipe's mode)
+    options = dataclasses.replace(engine_options(recipe, device), shares_gpu=False)
+    serve(recipe.rollout.engine, model_path, options, args.host, args.port)
     return 0
 
 

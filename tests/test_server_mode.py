@@ -30,8 +30,12 @@ def test_tiny_model_learns_asynchronously_with_a_rollout_server_and_zero3(tmp_pa
     assert last > first + 0.05 and last > 3 * first, rewards
     assert rows[-1]["actor/entropy"] < rows[0]["actor/entropy"] - 1.0  # the server sampled the new policy
     assert all(r["time/sync_s"] > 0 for r in rows)
-    # step 1 was sampled with the initial weights it trains; every later step one update behind
-    assert [r["async/staleness"] for r in rows] == [0.0] + [1.0] * 29
+    # step 1 was sampled with the initial weights it trains; later steps up to one update behind, and
+    # mostly one behind (generation overlaps the update; a batch whose request leaves after the sync
+    # began gets the new weights)
+    staleness = [r["async/staleness"] for r in rows]
+    assert staleness[0] == 0.0 and all(0.0 <= s <= 1.0 for s in staleness), staleness
+    assert sum(staleness[1:]) / 29 > 0.5, staleness
     assert "rollout server ready" in (out / "logs/rollout-server-0.log").read_text()
 
 
@@ -78,7 +82,7 @@ def test_async_steps_bound_the_staleness(tmp_path):
     rows = metrics(out)
     staleness = [r["async/staleness"] for r in rows]
     assert len(rows) == 6 and staleness[0] == 0.0
-    assert all(0.0 <= s <= 2.0 for s in staleness) and max(staleness) == 2.0, staleness
+    assert all(0.0 <= s <= 2.0 for s in staleness) and max(staleness) > 1.0, staleness
     assert all(r["time/rollout_wait_s"] >= 0 for r in rows)
 
 

@@ -7,10 +7,12 @@ GPU, the same code.
 
 One sync is a stream of buckets. Each bucket is three broadcasts from rank 0: its sizes (an int64 pair),
 a JSON header naming its tensors (name, dtype, shape), and the tensors' bytes packed into one uint8
-buffer. A bucket closes once it holds ``bucket_bytes`` or more; a tensor larger than that travels alone.
-A header size of 0 ends the stream. Because every bucket describes itself, the sender can produce
-tensors as it goes (gathered layer by layer under ZeRO-3) and no side ever holds the whole model in one
-buffer: the largest buffer is ``max(bucket_bytes + largest tensor, largest tensor)``.
+buffer, each tensor starting on a multiple of ``ALIGN`` bytes (so that every dtype can be viewed in
+place, whatever precedes it). A bucket closes once it holds ``bucket_bytes`` or more; a tensor larger
+than that travels alone. A header size of 0 ends the stream. Because every bucket describes itself,
+the sender can produce tensors as it goes (gathered layer by layer under ZeRO-3) and no side ever holds
+the whole model in one buffer: the largest buffer is ``max(bucket_bytes + largest tensor, largest
+tensor)``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_BUCKET_BYTES = 256 << 20
+ALIGN = 16
+"""Each tensor's bytes start at a multiple of this in a bucket's payload."""
+
+
+def _padded(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,14 @@ def _broadcast(group: dist.ProcessGroup, tensor: torch.Tensor) -> None:
 
 
 def _pack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.contiguous().reshape(-1).view(torch.uint8) for t in tensors])
+    """The tensors' bytes, each padded to a multiple of ``ALIGN``."""
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    payload = torch.zeros(sum(_padded(n) for n in sizes), dtype=torch.uint8, device=tensors[0].device)
+    offset = 0
+    for tensor, size in zip(tensors, sizes, strict=True):
+        payload[offset : offset + size] = tensor.contiguous().reshape(-1).view(torch.uint8)
+        offset += _padded(size)
+    return payload
 
 
 def _send_bucket(group, names, tensors, device) -> None:
@@ -96,7 +111,7 @@ def send_weights(
         tensor = tensor.detach().to(device, cast, copy=True)  # the producer may reuse its buffer
         names.append(name)
         tensors.append(tensor)
-        size += tensor.numel() * tensor.element_size()
+        size += _padded(tensor.numel() * tensor.element_size())
         if size >= bucket_bytes:
             _send_bucket(group, names, tensors, device)
             sent += size
@@ -125,8 +140,8 @@ def receive_weights(
         payload = torch.empty(payload_len, dtype=torch.uint8, device=device)
         _broadcast(group, payload)
         offset = 0
-        for name, dtype_name, shape in json.loads(bytes(header.cpu().tolist())):
+        for name, dtype_name, shape in json.loads(header.cpu().numpy().tobytes()):
             dtype = getattr(torch, dtype_name)
-            count = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+            count = int(torch.Size(shape).numel()) * dtype.itemsize
             yield name, payload[offset : offset + count].view(dtype).view(shape)
-            offset += count
+            offset += _padded(count)

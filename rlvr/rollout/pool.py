@@ -4,8 +4,9 @@
 training step does not know whether its engine is colocated or remote. Every training process holds a
 pool over the same servers:
 
-- ``generate`` splits the process's prompts into one contiguous chunk per server (seeds offset so the
-  result is the same as one engine's) and sends the chunks at once;
+- ``generate`` splits the process's prompts into one contiguous chunk per server and sends the chunks
+  at once, seeds offset so that prompt j keeps seed + j (vLLM seeds each request, so its samples do not
+  depend on the split; the ``hf`` engine seeds each batch from one generator, so its samples do);
 - ``update_weights`` runs on every process (under ZeRO-3 the layer gathers are collective); only the
   main process broadcasts, over the weight group it opened with the servers
   (:mod:`rlvr.rollout.broadcast`). Every process then counts a new weight version and asks for it with
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.client
 import json
 import logging
 import os
@@ -72,26 +74,30 @@ def in_thread(fn, *args) -> Future:
 
 def _alongside(requests: list[Future], action, what: str):
     """Run ``action`` (this side of a collective) while ``requests`` (the servers' sides) are in flight,
-    then wait for them. When the action fails because a server died, that server's error is raised."""
-    try:
-        result = action()
-    except Exception as exc:
-        wait(requests, timeout=5, return_when=FIRST_EXCEPTION)
-        failure = next((f.exception() for f in requests if f.done() and f.exception() is not None), None)
-        raise failure or RolloutServerError(f"{what} failed: {exc}") from None
-    for request in requests:
-        request.result()
-    return result
+    and return its result once all have finished. The first failure ends the wait: a server that answers
+    with an error, or dies, is raised at once (the action, blocked in a collective that server will
+    never join, is left to its daemon thread), and an action that fails because a server died raises
+    that server's error."""
+    device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
 
+    def run():
+        if device is not None:  # the CUDA device is per thread
+            torch.cuda.set_device(device)
+        return action()
 
-def _stop_with_parent() -> None:
-    """In the child before it runs: Linux sends it SIGTERM when the trainer process exits, however it
-    exits, so a started server never outlives its run."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    done = in_thread(run)
+    everything = [done, *requests]
+    pending = set(everything)
+    while pending:
+        _, pending = wait(pending, return_when=FIRST_EXCEPTION)
+        failed = [f for f in requests if f.done() and f.exception() is not None]
+        if failed:
+            raise failed[0].exception()
+        if done.done() and done.exception() is not None:
+            wait(requests, timeout=5, return_when=FIRST_EXCEPTION)
+            failure = next((f.exception() for f in requests if f.done() and f.exception()), None)
+            raise failure or RolloutServerError(f"{what} failed: {done.exception()}") from None
+    return done.result()
 
 
 def free_port() -> int:
@@ -100,11 +106,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_gpus(visible: list[str], trainer_gpus: int, servers: int, tensor_parallel_size: int) -> list[str]:
+    """``CUDA_VISIBLE_DEVICES`` of each server the trainer starts on its machine: the GPUs after the
+    ``trainer_gpus`` its processes use, ``tensor_parallel_size`` each (two processes on one GPU cannot
+    share a NCCL group, so a server never shares the trainer's)."""
+    need = trainer_gpus + servers * tensor_parallel_size
+    if len(visible) < need:
+        raise ValueError(
+            f"{servers} rollout server(s) x rollout.tensor_parallel_size {tensor_parallel_size} need "
+            f"{servers * tensor_parallel_size} GPU(s) beside the trainer's {trainer_gpus}, but this machine "
+            f"shows {len(visible)}; lower rollout.num_servers or the trainer's --num_processes, or start "
+            "the servers yourself (`rlvr rollout-server`) and list them in rollout.servers"
+        )
+    first = [trainer_gpus + i * tensor_parallel_size for i in range(servers)]
+    return [",".join(visible[j : j + tensor_parallel_size]) for j in first]
+
+
 def start_servers(
-    count: int, engine: str, model_path: str, options: EngineOptions, log_dir: Path
+    count: int,
+    engine: str,
+    model_path: str,
+    options: EngineOptions,
+    log_dir: Path,
+    gpus: list[str] | None = None,
 ) -> tuple[list[str], list[StartedServer]]:
     """Start ``count`` servers on this machine (``python -m rlvr.rollout.server``), each logging to
-    ``log_dir/rollout-server-<i>.log``; returns their URLs and processes (not yet ready)."""
+    ``log_dir/rollout-server-<i>.log`` and on ``gpus[i]`` (its ``CUDA_VISIBLE_DEVICES``) when given;
+    returns their URLs and processes (not yet ready). Each stops when this process exits."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}  # not a trainer rank
     urls, started = [], []
@@ -114,12 +142,11 @@ def start_servers(
         command = [
             sys.executable, "-m", "rlvr.rollout.server",
             "--engine", engine, "--model", model_path, "--options", json.dumps(asdict(options)),
-            "--host", "127.0.0.1", "--port", str(port),
+            "--host", "127.0.0.1", "--port", str(port), "--parent-pid", str(os.getpid()),
         ]  # fmt: skip
+        server_env = env if gpus is None else {**env, "CUDA_VISIBLE_DEVICES": gpus[i]}
         with open(log, "w") as out:
-            process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_stop_with_parent
-            )
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=server_env)
         urls.append(f"http://127.0.0.1:{port}")
         started.append(StartedServer(process, log))
     return urls, started
@@ -173,16 +200,21 @@ class ServerPool:
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout or self.timeout_s) as response:
-                return json.loads(response.read())
+                text = response.read()
         except urllib.error.HTTPError as exc:
             try:
                 reason = json.loads(exc.read()).get("error", str(exc))
             except ValueError:
                 reason = str(exc)
             raise RolloutServerError(self._describe(i, f"{path} failed: {reason}")) from None
-        except (urllib.error.URLError, OSError) as exc:  # refused, reset, timed out
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:  # refused, reset, cut
             reason = getattr(exc, "reason", exc)
             raise RolloutServerError(self._describe(i, f"{path} got no answer ({reason})")) from None
+        try:
+            return json.loads(text)
+        except ValueError:  # something else listens on that port
+            answer = text[:80].decode(errors="replace")
+            raise RolloutServerError(self._describe(i, f"{path} answered {answer!r}, not JSON")) from None
 
     # ---- start --------------------------------------------------------------------------------------
     def wait_ready(self, timeout_s: float) -> None:
@@ -193,7 +225,7 @@ class ServerPool:
             said = False
             while True:
                 try:
-                    self.receivers.append(int(self._request(i, "/health", timeout=5)["receivers"]))
+                    health = self._request(i, "/health", timeout=5)
                     break
                 except RolloutServerError as exc:
                     waited = time.monotonic() - start
@@ -208,6 +240,20 @@ class ServerPool:
                         )
                         said = True
                     time.sleep(1.0)
+            self._check_device(i, str(health.get("device", "cpu")))
+            self.receivers.append(int(health["receivers"]))
+
+    def _check_device(self, i: int, device: str) -> None:
+        """The weight group is NCCL between GPUs or gloo between CPUs, so a server must compute where the
+        trainer does."""
+        if device.startswith("cuda") != self.device.startswith("cuda"):
+            raise RolloutServerError(
+                self._describe(
+                    i,
+                    f"its engine runs on {device} but the trainer on {self.device}; the weight broadcast "
+                    "needs both on GPUs (NCCL) or both on CPUs (gloo)",
+                )
+            )
 
     def open_weight_group(self, address: str = "127.0.0.1") -> None:
         """Main process: form the weight group with every server's receivers (rank 0 is this process)."""

@@ -9,7 +9,7 @@ over a ``torch.distributed`` group (:mod:`rlvr.rollout.broadcast`), not over HTT
 
 Endpoints (JSON bodies):
 
-- ``GET /health``: ``{version, receivers, engine, model}``.
+- ``GET /health``: ``{version, receivers, engine, model, device}``.
 - ``POST /join``: a :class:`~rlvr.rollout.broadcast.GroupInfo`; the engine's receivers join the trainer's
   weight group. Resets the weight version to 0.
 - ``POST /receive`` ``{version}``: load one broadcast sync, then serve weights of that version.
@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -43,7 +44,7 @@ class RolloutServer:
     """The engine, its weight version, and the handlers of the endpoints."""
 
     def __init__(self, engine_name: str, model_path: str, options: EngineOptions, wait_s: float = 1800.0):
-        self.engine_name, self.model_path = engine_name, model_path
+        self.engine_name, self.model_path, self.device = engine_name, model_path, options.device
         self.engine = ENGINES.get(engine_name)(model_path, options)
         self.version = 0
         self.wait_s = wait_s
@@ -56,6 +57,7 @@ class RolloutServer:
             "receivers": getattr(self.engine, "receivers", 0),
             "engine": self.engine_name,
             "model": self.model_path,
+            "device": self.device,
         }
 
     def join(self, body: dict) -> dict:
@@ -90,9 +92,16 @@ class RolloutServer:
             self.version = version
             self.version_changed.notify_all()
 
-    def close(self) -> None:
-        with self.engine_lock:
+    def close(self, timeout_s: float = 30.0) -> bool:
+        """Close the engine once the request using it finishes; False if it is still busy after
+        ``timeout_s`` (a long generation, or a broadcast whose sender is gone)."""
+        if not self.engine_lock.acquire(timeout=timeout_s):
+            return False
+        try:
             self.engine.close()
+        finally:
+            self.engine_lock.release()
+        return True
 
 
 def _handler(server: RolloutServer, stop: threading.Event) -> type[BaseHTTPRequestHandler]:
@@ -139,23 +148,51 @@ def _handler(server: RolloutServer, stop: threading.Event) -> type[BaseHTTPReque
     return Handler
 
 
-def serve(engine_name: str, model_path: str, options: EngineOptions, host: str, port: int) -> None:
-    """Build the engine, then answer requests until ``POST /shutdown`` (or a signal)."""
-    server = RolloutServer(engine_name, model_path, options)
+def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+    """Stop when ``parent_pid`` (the trainer that started this server) is gone, however it ended."""
+
+    def watch() -> None:
+        while not stop.wait(2.0):
+            if os.getppid() != parent_pid:  # re-parented: the trainer exited
+                logger.warning("the trainer (pid %d) is gone; stopping", parent_pid)
+                stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def serve(
+    engine_name: str,
+    model_path: str,
+    options: EngineOptions,
+    host: str,
+    port: int,
+    parent_pid: int | None = None,
+) -> None:
+    """Build the engine, then answer requests until ``POST /shutdown``, SIGTERM, or (``parent_pid``) the
+    exit of the process that started this one."""
     stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a clean close: the engine's processes too
+    if parent_pid is not None:
+        _watch_parent(parent_pid, stop)
+    server = RolloutServer(engine_name, model_path, options)  # minutes for a large model
+    if stop.is_set():
+        server.close()
+        return
     http = ThreadingHTTPServer((host, port), _handler(server, stop))
     http.daemon_threads = True
     threading.Thread(target=http.serve_forever, daemon=True).start()
     url = f"http://{host}:{http.server_address[1]}"
     print(f"rollout server ready on {url} ({engine_name}, {model_path})", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a clean close: the engine's processes too
     try:
         stop.wait()
     except KeyboardInterrupt:
         pass
     finally:
         http.shutdown()
-        server.close()
+        if not server.close():
+            logger.error("the engine is still busy after 30 s; exiting without closing it")
+            logging.shutdown()
+            os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,9 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--options", default="{}", help="EngineOptions fields as JSON")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--parent-pid", type=int, help="stop when this process exits")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve(args.engine, args.model, EngineOptions(**json.loads(args.options)), args.host, args.port)
+    options = EngineOptions(**json.loads(args.options))
+    serve(args.engine, args.model, options, args.host, args.port, args.parent_pid)
     return 0
 
 

@@ -31,17 +31,18 @@ WORKER_EXTENSION = "rlvr.rollout.vllm_worker.WeightSyncExtension"
 
 
 @contextlib.contextmanager
-def _engine_environment(device: str) -> Iterator[None]:
+def _engine_environment(options: EngineOptions) -> Iterator[None]:
     """Environment for the engine's worker processes, restored afterwards.
 
     Under ``accelerate launch`` the trainer's torch.distributed variables would leak into vLLM's own
-    workers; on GPU each engine must see only this process's GPU.
+    workers; an engine on one named GPU (``cuda:i``, a training process's) sees only that GPU. An engine
+    on ``cuda`` (a rollout server) or sharded over several GPUs uses the visible ones as they are.
     """
     saved = dict(os.environ)
     for key in LAUNCHER_VARIABLES:
         os.environ.pop(key, None)
-    if device.startswith("cuda"):
-        index = torch.device(device).index or 0
+    index = torch.device(options.device).index if options.device.startswith("cuda") else None
+    if index is not None and options.tensor_parallel_size == 1:
         visible = saved.get("CUDA_VISIBLE_DEVICES")
         physical = visible.split(",")[index] if visible else str(index)
         os.environ["CUDA_VISIBLE_DEVICES"] = physical
@@ -123,7 +124,7 @@ class VLLMEngine:
 
         kwargs = llm_kwargs(model_path, options)
         self.temperature_schedule = options.temperature_schedule
-        with _engine_environment(options.device):
+        with _engine_environment(options):
             self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.weight_dtype = self.llm.model_config.dtype  # the engine computes in it (a torch dtype)
@@ -183,6 +184,8 @@ class VLLMEngine:
         """GPU, sharing it with the trainer: sleep (KV cache freed, weights offloaded to the CPU) until
         the next weight update."""
         if self.shares_gpu and not self.asleep:
+            # level 1 keeps a CPU copy of the weights: level 2 would drop them too, but also the
+            # buffers (rotary caches) that no weight update restores
             self.llm.sleep(level=1)
             self.asleep = {"weights", "kv_cache"}
 
@@ -204,8 +207,9 @@ class VLLMEngine:
         )
 
         if self._ipc is None:
-            config = self.llm.model_config.hf_config
-            largest = max(config.vocab_size, getattr(config, "intermediate_size", 0)) * config.hidden_size
+            model = self.llm.model_config  # the text model's sizes, also inside a multimodal config
+            mlp = getattr(model.hf_text_config, "intermediate_size", 0)
+            largest = max(model.get_vocab_size(), mlp) * model.get_hidden_size()
             buffer = DEFAULT_BUCKET_BYTES + largest * self.weight_dtype.itemsize
             self._source = _stream_source()
             self._ipc = IPCTrainerWeightTransferEngine.trainer_init(

@@ -80,7 +80,7 @@ def make_engine(recipe: Recipe, accelerator: Accelerator, model_path: str, run_d
         with unpartitioned():
             return ENGINES.get(r.engine)(model_path, options), options
 
-    from rlvr.rollout.pool import ServerPool, start_servers
+    from rlvr.rollout.pool import ServerPool, server_gpus, start_servers
     from rlvr.trainer.distributed import from_main_process
 
     urls, started = list(r.servers), []
@@ -92,8 +92,18 @@ def make_engine(recipe: Recipe, accelerator: Accelerator, model_path: str, run_d
             )
         if accelerator.is_main_process:
             server_options = dataclasses.replace(engine_options(recipe, device), seed=recipe.run.seed)
+            gpus = None
+            if device.startswith("cuda"):  # the GPUs after the trainer's, whole ones per server
+                listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+                visible = listed.split(",") if listed else [str(i) for i in range(torch.cuda.device_count())]
+                trainer_gpus, tp = accelerator.num_processes, r.tensor_parallel_size
+                try:
+                    gpus = server_gpus(visible, trainer_gpus, r.num_servers, tp)
+                except ValueError as exc:
+                    raise RecipeError(f"{recipe.source}: rollout.num_servers: {exc}") from None
+                server_options = dataclasses.replace(server_options, device="cuda")
             logs = run_dir / "logs"
-            urls, started = start_servers(r.num_servers, r.engine, model_path, server_options, logs)
+            urls, started = start_servers(r.num_servers, r.engine, model_path, server_options, logs, gpus)
         urls = from_main_process(accelerator, urls)
     pool = ServerPool(
         urls,

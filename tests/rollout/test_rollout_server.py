@@ -1,8 +1,11 @@
 """Rollout servers: bucketed weight broadcast over gloo, a real vLLM server against transformers, load
 balancing that keeps seeded results, and a dead server as a named error rather than a hang."""
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +14,15 @@ from transformers import AutoModelForCausalLM
 from rlvr.models import build_tiny_model
 from rlvr.rollout import ENGINES, EngineOptions, SamplingConfig
 from rlvr.rollout.broadcast import GroupInfo, open_group, receive_weights, send_weights
-from rlvr.rollout.pool import RolloutServerError, ServerPool, free_port, start_servers
+from rlvr.rollout.pool import (
+    RolloutServerError,
+    ServerPool,
+    _alongside,
+    free_port,
+    in_thread,
+    server_gpus,
+    start_servers,
+)
 from rlvr.rollout.vllm_engine import llm_kwargs
 from rlvr.trainer.weights import layer_groups, policy_state
 
@@ -25,9 +36,9 @@ def test_broadcast_round_trip_in_bounded_buckets():
     tensors = [
         ("embed.weight", torch.randn(64, 16)),  # 4 KiB in float32, 2 KiB sent as bfloat16
         ("layers.0.scale", torch.randn(16)),
+        ("head.bias", torch.randn(3)),  # 6 bytes: what follows would start unaligned without padding
         ("layers.0.index", torch.arange(10, dtype=torch.int64)),  # not cast
         ("layers.1.w", torch.randn(8, 8, 2)),
-        ("head.bias", torch.randn(3)),
     ]
     info = GroupInfo(address="127.0.0.1", port=free_port(), world_size=2, rank_offset=1, timeout_s=60)
     received, buffers = [], set()
@@ -48,9 +59,11 @@ def test_broadcast_round_trip_in_bounded_buckets():
         cast = torch.bfloat16 if want.is_floating_point() else want.dtype
         assert got.dtype == cast and got.shape == want.shape
         assert torch.equal(got, want.to(cast))
-    assert sent == 64 * 16 * 2 + 16 * 2 + 10 * 8 + 8 * 8 * 2 * 2 + 3 * 2
+    # each tensor padded to 16 bytes: the bias's 6 bytes take 16, the rest are multiples already
+    rest = 16 * 2 + 16 + 10 * 8 + 8 * 8 * 2 * 2
+    assert sent == 64 * 16 * 2 + rest
     # the 2 KiB embedding closes the first bucket alone; the rest (~0.4 KiB) is the second
-    assert sorted(size for _, size in buffers) == [16 * 2 + 10 * 8 + 8 * 8 * 2 * 2 + 3 * 2, 64 * 16 * 2]
+    assert sorted(size for _, size in buffers) == [rest, 64 * 16 * 2]
 
 
 def test_layer_groups_keep_each_decoder_layer_together():
@@ -123,9 +136,9 @@ def test_vllm_server_after_broadcast_sync_matches_transformers(tiny_dir, tmp_pat
         two = ServerPool(urls * 2, sender=False, weight_dtype=None)
         two.version = pool.version
         split = two.generate(PROMPTS, sampling)
-        assert [(c.prompt_index, c.token_ids, c.logprobs) for c in split] == [
-            (c.prompt_index, c.token_ids, c.logprobs) for c in one
-        ]
+        assert [(c.prompt_index, c.token_ids) for c in split] == [(c.prompt_index, c.token_ids) for c in one]
+        for a, b in zip(split, one, strict=True):  # other batch shapes may round differently
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
         assert [c.prompt_index for c in one] == [i for i in range(len(PROMPTS)) for _ in range(3)]
     finally:
         pool.close()
@@ -184,3 +197,64 @@ def test_weight_paths_follow_where_the_engine_runs():
     assert shared["gpu_memory_utilization"] == 0.4 and "kv_cache_memory_bytes" not in shared
     server = llm_kwargs("m", EngineOptions(device="cuda:0", tensor_parallel_size=2))
     assert "weight_transfer_config" not in server and server["tensor_parallel_size"] == 2
+
+
+def test_a_server_error_ends_the_wait_on_a_blocked_collective():
+    """The trainer's side of a broadcast blocks until every server joins it; a server that answers its
+    request with an error never will, so the error is raised at once instead of after the timeout."""
+    blocked = threading.Event()
+
+    def collective() -> None:
+        blocked.wait(60)
+
+    def refuse() -> None:
+        time.sleep(0.2)
+        raise RolloutServerError("rollout server 0 at http://x: /receive failed: KeyError: 'w'")
+
+    start = time.monotonic()
+    with pytest.raises(RolloutServerError, match="/receive failed"):
+        _alongside([in_thread(refuse)], collective, "broadcasting")
+    assert time.monotonic() - start < 5
+    blocked.set()
+    assert _alongside([in_thread(lambda: None)], lambda: 7, "broadcasting") == 7
+
+
+def test_servers_started_on_a_gpu_machine_get_the_gpus_after_the_trainers():
+    visible = ["0", "1", "2", "3", "4", "5", "6", "7"]
+    assert server_gpus(visible, trainer_gpus=4, servers=2, tensor_parallel_size=2) == ["4,5", "6,7"]
+    assert server_gpus(["3", "5", "6"], trainer_gpus=1, servers=2, tensor_parallel_size=1) == ["5", "6"]
+    with pytest.raises(ValueError, match=r"need 4 GPU\(s\) beside the trainer's 6, but this machine shows 8"):
+        server_gpus(visible, trainer_gpus=6, servers=2, tensor_parallel_size=2)
+
+
+def test_a_server_on_another_kind_of_device_than_the_trainer_is_refused():
+    pool = ServerPool(["http://127.0.0.1:1"], sender=True, weight_dtype=None, device="cuda:0")
+    with pytest.raises(RolloutServerError, match="runs on cpu but the trainer on cuda:0"):
+        pool._check_device(0, "cpu")
+    pool._check_device(0, "cuda")
+
+
+def test_a_started_server_stops_when_its_trainer_exits(tiny_dir, tmp_path):
+    """However the trainer ends (here: a process that starts a server and exits at once, as a killed
+    trainer would), its servers do not outlive it."""
+    script = (
+        "import sys; from pathlib import Path; from rlvr.rollout import EngineOptions; "
+        "from rlvr.rollout.pool import start_servers; "
+        f"_, s = start_servers(1, 'hf', {str(tiny_dir)!r}, EngineOptions(), Path({str(tmp_path)!r})); "
+        "print(s[0].process.pid)"
+    )
+    trainer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    pid = int(trainer.stdout)
+    deadline = time.monotonic() + 120
+    while _alive(pid):
+        assert time.monotonic() < deadline, (tmp_path / "rollout-server-0.log").read_text()
+        time.sleep(0.5)
+    assert "is gone; stopping" in (tmp_path / "rollout-server-0.log").read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # an orphan's zombie waits for a reaper that a container may not run
