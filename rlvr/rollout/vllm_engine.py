@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -41,8 +42,13 @@ def _engine_environment(options: EngineOptions) -> Iterator[None]:
     saved = dict(os.environ)
     for key in LAUNCHER_VARIABLES:
         os.environ.pop(key, None)
+    tp = options.tensor_parallel_size
+    if options.device == "cpu" and tp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in saved:
+        nodes = len(list(Path("/sys/devices/system/node").glob("node[0-9]*")))
+        if nodes < tp:  # vLLM binds one NUMA node per worker and refuses to start with fewer nodes
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(sorted(os.sched_getaffinity(0)), tp)
     index = torch.device(options.device).index if options.device.startswith("cuda") else None
-    if index is not None and options.tensor_parallel_size == 1:
+    if index is not None and tp == 1:
         visible = saved.get("CUDA_VISIBLE_DEVICES")
         physical = visible.split(",")[index] if visible else str(index)
         os.environ["CUDA_VISIBLE_DEVICES"] = physical
@@ -51,6 +57,18 @@ def _engine_environment(options: EngineOptions) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def cpu_binding(cpus: list[int], workers: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` giving each of ``workers`` CPU workers its own contiguous share of
+    ``cpus`` (the first ones get one more when they do not divide evenly)."""
+    if len(cpus) < workers:
+        raise ValueError(
+            f"rollout.tensor_parallel_size {workers} on CPU needs a CPU per worker; this process may use "
+            f"{len(cpus)}"
+        )
+    bounds = [len(cpus) * i // workers for i in range(workers + 1)]
+    return "|".join(",".join(map(str, cpus[bounds[i] : bounds[i + 1]])) for i in range(workers))
 
 
 def _unshared_cpu_tensors(

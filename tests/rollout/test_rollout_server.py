@@ -23,7 +23,7 @@ from rlvr.rollout.pool import (
     server_gpus,
     start_servers,
 )
-from rlvr.rollout.vllm_engine import llm_kwargs
+from rlvr.rollout.vllm_engine import cpu_binding, llm_kwargs
 from rlvr.trainer.weights import layer_groups, policy_state
 
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
@@ -145,6 +145,39 @@ def test_vllm_server_after_broadcast_sync_matches_transformers(tiny_dir, tmp_pat
     assert started[0].process.poll() is not None  # the trainer stops the servers it started
 
 
+@pytest.mark.vllm
+def test_tensor_parallel_engines_take_new_weights_in_both_modes(tiny_dir, tmp_path):
+    """rollout.tensor_parallel_size=2 on vLLM's CPU backend (two worker processes, each holding half of
+    every attention and MLP matrix): a server's two workers both receive the broadcast (two ranks of the
+    weight group) and a colocated engine's both reload the file; afterwards each one's greedy output is
+    transformers' on the new weights."""
+    model = perturbed(tiny_dir)
+    reference = ENGINES.get("hf")(str(tiny_dir), EngineOptions())
+    reference.update_weights(policy_state(model))
+    expected = [c.token_ids for c in reference.generate(PROMPTS, GREEDY)]
+    options = EngineOptions(max_model_len=256, kv_cache_gb=0.25, tensor_parallel_size=2)
+
+    urls, started = start_servers(1, "vllm", str(tiny_dir), options, tmp_path / "logs")
+    pool = ServerPool(urls, sender=True, weight_dtype=torch.float32, started=started, bucket_bytes=64 << 10)
+    try:
+        pool.wait_ready(300)
+        assert pool.receivers == [2]
+        pool.open_weight_group()
+        before = [c.token_ids for c in pool.generate(PROMPTS, GREEDY)]
+        pool.update_weights(iter(policy_state(model)))
+        served = [c.token_ids for c in pool.generate(PROMPTS, GREEDY)]
+    finally:
+        pool.close()
+    assert before != expected and served == expected
+
+    engine = ENGINES.get("vllm")(str(tiny_dir), options)
+    try:
+        engine.update_weights(iter(policy_state(model)))
+        assert [c.token_ids for c in engine.generate(PROMPTS, GREEDY)] == expected
+    finally:
+        engine.close()
+
+
 def test_dead_server_is_a_named_error_not_a_hang(tiny_dir, tmp_path):
     """Generation from, and a weight broadcast to, a server whose process died both fail within seconds
     with the server's URL, exit code and log."""
@@ -258,3 +291,13 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # an orphan's zombie waits for a reaper that a container may not run
+
+
+def test_cpu_workers_of_a_tensor_parallel_engine_get_their_own_cpus():
+    """vLLM binds each CPU worker to a NUMA node and refuses to start with fewer nodes than workers; on
+    such a machine the engine splits the CPUs it may use between its workers instead."""
+    assert cpu_binding([0, 1], 2) == "0|1"
+    assert cpu_binding([0, 1, 2, 3, 4], 2) == "0,1|2,3,4"
+    assert cpu_binding([4, 5, 6, 7, 8, 9], 3) == "4,5|6,7|8,9"
+    with pytest.raises(ValueError, match="needs a CPU per worker; this process may use 1"):
+        cpu_binding([3], 2)
