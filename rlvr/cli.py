@@ -117,7 +117,6 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _rollout_server(args: argparse.Namespace) -> int:
-    import dataclasses
     import logging
 
     import torch
@@ -129,15 +128,14 @@ def _rollout_server(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        recipe = load_recipe(args.recipe, args.overrides)
+        # a server's engine has its device to itself (no sleep mode, weights by broadcast), as in server mode
+        recipe = load_recipe(args.recipe, [*args.overrides, "rollout.mode=server"])
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_path = str(resolve_model(recipe.model.name_or_path))
-    # a server has its GPU(s) to itself: no sleep mode, weights by broadcast (whatever the recipe's mode)
-    options = dataclasses.replace(engine_options(recipe, device), shares_gpu=False)
-    serve(recipe.rollout.engine, model_path, options, args.host, args.port)
+    serve(recipe.rollout.engine, model_path, engine_options(recipe, device), args.host, args.port)
     return 0
 
 

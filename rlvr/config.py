@@ -299,13 +299,14 @@ class RolloutConfig(SamplingSettings):
     max_model_len: int | None = None
     """Engine context length; default max_prompt_tokens + max_tokens."""
     tensor_parallel_size: int = Field(1, ge=1)
-    """vLLM: devices one engine shards the model over (its tensor parallelism), in both modes."""
+    """vLLM: devices one engine shards the model over (its tensor parallelism): GPUs of a rollout server,
+    or CPU worker processes in either mode (a colocated engine on a GPU has its process's GPU only)."""
     mode: Literal["colocated", "server"] = "colocated"
     """colocated: every training process owns an engine and gets new weights from a file in shared
-    memory. server: rollout servers (``rlvr rollout-server``) in their own processes, on their own
-    devices or nodes, sample for all training processes; new weights are broadcast to them over a
-    torch.distributed group (gloo on CPU, NCCL on GPU), in buckets, gathered layer by layer under
-    ZeRO-3 (docs/scaling.md)."""
+    memory (on a GPU, by CUDA IPC). server: rollout servers (``rlvr rollout-server``) in their own
+    processes, on their own devices or nodes, sample for all training processes; new weights are
+    broadcast to them over a torch.distributed group (gloo on CPU, NCCL on GPU), in buckets, gathered
+    layer by layer under ZeRO-3 (docs/scaling.md)."""
     servers: list[str] = []
     """Server mode: URLs of running rollout servers (``http://host:port``). Empty: the trainer's main
     process starts ``num_servers`` of them on its own machine (logs in ``run_dir/logs/``) and stops

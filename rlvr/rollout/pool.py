@@ -182,18 +182,22 @@ class ServerPool:
         self.last_sync_bytes = 0
 
     # ---- requests ---------------------------------------------------------------------------------
-    def _describe(self, i: int, problem: str) -> str:
+    def _describe(self, i: int, problem: str, reap: bool = False) -> str:
+        """``problem`` with the server's name, and for a server this trainer started its exit code if it
+        has exited (``reap``: give one that just closed its connections by dying a second to be reaped)."""
         text = f"rollout server {i} at {self.urls[i]}: {problem}"
         if i < len(self.started):
-            try:  # a server that just closed its sockets by dying may not have been reaped yet
-                code = self.started[i].process.wait(timeout=1)
+            try:
+                code = self.started[i].process.wait(timeout=1) if reap else self.started[i].process.poll()
             except subprocess.TimeoutExpired:
                 code = None
             if code is not None:
                 text += f"; it exited with code {code} (log: {self.started[i].log})"
         return text
 
-    def _request(self, i: int, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
+    def _request(
+        self, i: int, path: str, body: dict | None = None, timeout: float | None = None, reap: bool = True
+    ) -> dict:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.urls[i] + path, data=data, headers={"Content-Type": "application/json"}
@@ -209,7 +213,7 @@ class ServerPool:
             raise RolloutServerError(self._describe(i, f"{path} failed: {reason}")) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:  # refused, reset, cut
             reason = getattr(exc, "reason", exc)
-            raise RolloutServerError(self._describe(i, f"{path} got no answer ({reason})")) from None
+            raise RolloutServerError(self._describe(i, f"{path} got no answer ({reason})", reap)) from None
         try:
             return json.loads(text)
         except ValueError:  # something else listens on that port
@@ -225,15 +229,16 @@ class ServerPool:
             said = False
             while True:
                 try:
-                    health = self._request(i, "/health", timeout=5)
+                    health = self._request(i, "/health", timeout=5, reap=False)  # may be starting
                     break
                 except RolloutServerError as exc:
                     waited = time.monotonic() - start
                     exited = i < len(self.started) and self.started[i].process.poll() is not None
-                    if exited or waited > timeout_s:
-                        raise RolloutServerError(
-                            f"{exc} (waited {timeout_s:.0f} s for it to start)" if not exited else str(exc)
-                        ) from None
+                    if exited:  # described again: it may have exited after the request was answered
+                        raise RolloutServerError(self._describe(i, "it stopped while starting")) from None
+                    if waited > timeout_s:
+                        message = f"{exc} (waited {timeout_s:.0f} s for it to start)"
+                        raise RolloutServerError(message) from None
                     if waited > 15 and not said and i >= len(self.started):
                         logger.warning(
                             "waiting for rollout server %d at %s (up to %.0f s)", i, self.urls[i], timeout_s

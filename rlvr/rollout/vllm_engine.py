@@ -44,8 +44,8 @@ def _engine_environment(options: EngineOptions) -> Iterator[None]:
         os.environ.pop(key, None)
     tp = options.tensor_parallel_size
     if options.device == "cpu" and tp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in saved:
-        nodes = len(list(Path("/sys/devices/system/node").glob("node[0-9]*")))
-        if nodes < tp:  # vLLM binds one NUMA node per worker and refuses to start with fewer nodes
+        # vLLM binds one NUMA node per worker, and refuses to start with fewer nodes than workers
+        if len(_memory_nodes()) < tp:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(sorted(os.sched_getaffinity(0)), tp)
     index = torch.device(options.device).index if options.device.startswith("cuda") else None
     if index is not None and tp == 1:
@@ -57,6 +57,36 @@ def _engine_environment(options: EngineOptions) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def _memory_nodes() -> list[int]:
+    """The NUMA nodes vLLM's CPU backend may bind its workers to (those this process may allocate on)."""
+    try:
+        from vllm.utils.cpu_resource_utils import get_visible_memory_node
+    except ImportError:  # another vLLM layout: every node the machine has
+        return [int(n.name[4:]) for n in Path("/sys/devices/system/node").glob("node[0-9]*")]
+    return get_visible_memory_node()
+
+
+class InProcessClient:
+    """vLLM's trainer-side weight-sync client (``VLLMWeightSyncClient``) for an ``LLM`` in this process:
+    ``LLM``'s RL methods take the request wrapped (``{"init_info": ...}``, ``{"update_info": ...}``), as
+    the HTTP routes do, where the client protocol passes the bare dicts."""
+
+    def __init__(self, llm) -> None:
+        self.llm = llm
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info) -> None:
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self.llm.finish_weight_update(weight_version)
 
 
 def cpu_binding(cpus: list[int], workers: int) -> str:
@@ -141,6 +171,10 @@ class VLLMEngine:
         from vllm import LLM
 
         kwargs = llm_kwargs(model_path, options)
+        if options.shares_gpu:
+            # CUDA IPC handles name torch types, which vLLM's messages between this process and its
+            # engine carry only with this set (for this process and the engine's, for the engine's life)
+            os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         self.temperature_schedule = options.temperature_schedule
         with _engine_environment(options):
             self.llm = LLM(**kwargs)
@@ -157,7 +191,6 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        self._wake()  # released but not updated since (an evaluation before any step)
         schedule = sampling.temperature_schedule
         if schedule is not None and not self.temperature_schedule:
             raise ValueError(
@@ -181,6 +214,7 @@ class VLLMEngine:
                 )
             )
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
+        self._wake()  # released but not updated since (an evaluation before any step)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         completions = []
         for i, out in enumerate(outputs):
@@ -232,7 +266,7 @@ class VLLMEngine:
             self._source = _stream_source()
             self._ipc = IPCTrainerWeightTransferEngine.trainer_init(
                 IPCTrainerInitInfo(rank=0, packed=True, packed_buffer_size_bytes=buffer),
-                client=self.llm,
+                client=InProcessClient(self.llm),
                 source=self._source,
             )
         device = torch.device("cuda", torch.cuda.current_device())

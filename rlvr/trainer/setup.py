@@ -51,8 +51,17 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
 
 
 def engine_options(recipe: Recipe, device: str = "cpu", process_index: int = 0) -> EngineOptions:
-    """The rollout engine's options for ``recipe`` on ``device`` (each process seeds its engine apart)."""
+    """The rollout engine's options for ``recipe`` on ``device`` (each process seeds its engine apart).
+
+    A colocated engine on a GPU shares its training process's GPU (CUDA IPC, sleep mode), so it cannot
+    shard over several: tensor parallelism on GPUs is for rollout servers."""
     r = recipe.rollout
+    if device.startswith("cuda") and r.mode == "colocated" and r.tensor_parallel_size > 1:
+        raise RecipeError(
+            f"{recipe.source}: rollout.tensor_parallel_size: a colocated engine on a GPU runs on its "
+            f"training process's GPU alone, so it cannot shard over {r.tensor_parallel_size}; set "
+            "rollout.mode: server to shard the engine over GPUs of its own"
+        )
     return EngineOptions(
         dtype=r.dtype or recipe.model.dtype,
         max_model_len=r.max_model_len or recipe.data.max_prompt_tokens + r.max_tokens,

@@ -23,7 +23,7 @@ from rlvr.rollout.pool import (
     server_gpus,
     start_servers,
 )
-from rlvr.rollout.vllm_engine import cpu_binding, llm_kwargs
+from rlvr.rollout.vllm_engine import InProcessClient, cpu_binding, llm_kwargs
 from rlvr.trainer.weights import layer_groups, policy_state
 
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
@@ -301,3 +301,31 @@ def test_cpu_workers_of_a_tensor_parallel_engine_get_their_own_cpus():
     assert cpu_binding([4, 5, 6, 7, 8, 9], 3) == "4,5|6,7|8,9"
     with pytest.raises(ValueError, match="needs a CPU per worker; this process may use 1"):
         cpu_binding([3], 2)
+
+
+def test_the_ipc_sender_reaches_an_in_process_engine_through_its_rl_methods():
+    """vLLM's trainer-side IPC sender talks to a weight-sync client with bare dicts; ``LLM``'s own RL
+    methods (vLLM's ``RLOfflineMixin``, used here as ``LLM`` uses it) expect them wrapped. The client
+    hands each call to the engine's workers with the arguments they take."""
+    from vllm.entrypoints.rl.offline import RLOfflineMixin
+
+    calls = []
+
+    class EngineCore:
+        def collective_rpc(self, method, kwargs=None):
+            calls.append((method, kwargs))
+
+    class LLM(RLOfflineMixin):
+        llm_engine = EngineCore()
+
+    client = InProcessClient(LLM())
+    client.init_weight_transfer_engine({"packed": True})
+    client.start_weight_update()
+    client.update_weights({"names": ["w"], "ipc_handles": {}})
+    client.finish_weight_update()
+    assert calls == [
+        ("init_weight_transfer_engine", {"init_info": {"packed": True}}),
+        ("start_weight_update", None),
+        ("update_weights", {"update_info": {"names": ["w"], "ipc_handles": {}}}),
+        ("finish_weight_update", None),
+    ]

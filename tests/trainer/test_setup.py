@@ -1,6 +1,8 @@
 """Setup: CPU bf16 detection (a bf16 recipe on a CPU that emulates bf16 gets a warning naming the keys to
 change), and the engine options a recipe gives on each kind of device."""
 
+import pytest
+
 import rlvr.trainer.setup as setup
 from rlvr.config import Recipe
 
@@ -31,13 +33,17 @@ def test_bf16_on_an_emulating_cpu_is_warned_about(monkeypatch):
 def test_engine_options_share_the_gpu_only_when_colocated_on_one():
     from pathlib import Path
 
-    from rlvr.config import load_recipe
+    from rlvr.config import RecipeError, load_recipe
     from rlvr.trainer.setup import engine_options
 
     recipe_file = Path(__file__).resolve().parents[2] / "recipes/tiny/grpo_tiny_say_digit.yaml"
-    colocated = load_recipe(recipe_file, ["rollout.tensor_parallel_size=2"])
-    served = load_recipe(recipe_file, ["rollout.mode=server"])
+    colocated = load_recipe(recipe_file, [])
+    sharded = load_recipe(recipe_file, ["rollout.tensor_parallel_size=2"])
+    served = load_recipe(recipe_file, ["rollout.mode=server", "rollout.tensor_parallel_size=2"])
     assert engine_options(colocated, "cuda:1", 1).shares_gpu is True
-    assert engine_options(colocated, "cuda:1", 1).tensor_parallel_size == 2
     assert engine_options(colocated, "cpu").shares_gpu is False
+    assert engine_options(sharded, "cpu").tensor_parallel_size == 2  # CPU workers of one process
+    with pytest.raises(RecipeError, match="rollout.tensor_parallel_size: a colocated engine on a GPU"):
+        engine_options(sharded, "cuda:0")
     assert engine_options(served, "cuda:0").shares_gpu is False
+    assert engine_options(served, "cuda:0").tensor_parallel_size == 2
