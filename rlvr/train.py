@@ -335,7 +335,7 @@ def _step_metrics(t: Trainer, batch, verdicts, groups, local_metrics, timer, syn
     acc = t.accelerator
     rewards = gathered(acc, batch.sequence_rewards)  # [N * processes]
     lengths = gathered(acc, batch.response_mask.sum(1))  # [N * processes]
-    # prompt + response tokens, without padding: what one pass of the update computes on
+    # prompt + response tokens, without padding: a pass over the batch (perf/update_tokens_run: the rows run)
     (update_tokens,) = global_sums(acc, [float(batch.prompt_mask.sum() + batch.response_mask.sum())])
     truncated = gathered(acc, batch.truncated)
     all_verdicts = gathered(acc, verdicts)

@@ -17,6 +17,13 @@ CASES = {
     "dgpo": ["algorithm.advantage=dgpo"],
     # a token budget: each process deals its rows into as many micro-batches as the busiest one needs
     "batch_norm+budget": ["algorithm.advantage=batch_norm", "train.max_tokens_per_micro_batch=150"],
+    # rows without a trained token (truncated, masked) are skipped: the processes skip different numbers
+    # of rows and still run the same number of micro-batches
+    "batch_norm+skipped": [
+        "algorithm.advantage=batch_norm",
+        "algorithm.overlong.mask_truncated=true",
+        "train.micro_batch_size=4",
+    ],
 }
 
 
@@ -60,6 +67,9 @@ def test_one_and_two_processes_agree_on_the_same_global_batch(tmp_path, case):
             assert not one[name][start : start + rows, width:].any()  # columns past this rank's responses
         start += rows
     assert start == len(one["advantages"])
+    if case == "batch_norm+skipped":  # the ranks really skip different shares of their rows
+        skipped = [rank["metrics"]["perf/skipped_rows_frac"] for rank in two]
+        assert 0 < min(skipped) < max(skipped), skipped
     assert one["advantages"].abs().sum() > 0
     if one["token_weights"] is not None:  # a real selection: some tokens in, some out
         kept = one["token_weights"][one["response_mask"] != 0]

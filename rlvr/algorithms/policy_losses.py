@@ -35,7 +35,10 @@ Registered losses (``r = exp(logprobs - old_logprobs)``, the per-token importanc
 
 Losses that read more than the four standard tensors declare the extra batch fields with
 :func:`rlvr.algorithms.utils.needs` (``pacs``: ``sequence_rewards``, ``group_index``; ``lp_reg``:
-``proxy_logprobs``); the trainer passes them as keyword arguments.
+``proxy_logprobs``); the trainer passes them as keyword arguments. Losses whose every token's loss is its
+advantage times a function of its own row declare :func:`rlvr.algorithms.utils.zero_without_advantage`
+(``ppo_clip`` / ``grpo``, ``dapo``, ``gspo``, ``cispo``, ``reinforce``): the update skips rows whose
+advantages are all 0, which add nothing to their gradient.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from rlvr.algorithms.kl import kl_k3
-from rlvr.algorithms.utils import masked_max, masked_mean, masked_min, needs
+from rlvr.algorithms.utils import masked_max, masked_mean, masked_min, needs, zero_without_advantage
 from rlvr.registry import Registry
 
 __all__ = [
@@ -142,6 +145,7 @@ def _ratio_metrics(ratio: torch.Tensor, m: torch.Tensor) -> dict[str, torch.Tens
 
 @POLICY_LOSSES.register("ppo_clip")
 @POLICY_LOSSES.register("grpo")
+@zero_without_advantage
 def ppo_clip_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -215,6 +219,7 @@ def ppo_clip_loss(
 
 
 @POLICY_LOSSES.register("dapo")
+@zero_without_advantage
 def dapo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -254,6 +259,7 @@ def dapo_loss(
 
 
 @POLICY_LOSSES.register("gspo")
+@zero_without_advantage
 def gspo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -327,6 +333,7 @@ def gspo_loss(
 
 
 @POLICY_LOSSES.register("cispo")
+@zero_without_advantage
 def cispo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -401,6 +408,7 @@ def cispo_loss(
 
 
 @POLICY_LOSSES.register("reinforce")
+@zero_without_advantage
 def reinforce_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

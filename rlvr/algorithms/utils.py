@@ -21,6 +21,7 @@ __all__ = [
     "from_fields",
     "group_relative",
     "is_group_relative",
+    "is_zero_without_advantage",
     "masked_mean",
     "masked_min",
     "masked_sum",
@@ -30,6 +31,7 @@ __all__ = [
     "need_params_of",
     "needs_of",
     "safe_denominator",
+    "zero_without_advantage",
 ]
 
 F = TypeVar("F", bound=Callable)
@@ -102,6 +104,21 @@ def group_relative(fn: F) -> F:
 def is_group_relative(fn: Callable) -> bool:
     """Whether ``fn`` declared :func:`group_relative`."""
     return getattr(fn, "group_relative", False)
+
+
+def zero_without_advantage(fn: F) -> F:
+    """Declare that a policy loss gives a row whose advantage is 0 on every trained token no loss and no
+    gradient, whatever the other rows hold: each token's loss is its advantage times a function of its own
+    row. The update may then leave such rows out (``train.skip_zero_advantage``), which in GRPO are the
+    samples of every prompt whose samples all got the same reward. A loss that selects tokens across rows
+    (Clip-Cov, KL-Cov, Lp-Reg) or reads the rewards themselves (PACS) must not declare it."""
+    fn.zero_without_advantage = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_zero_without_advantage(fn: Callable) -> bool:
+    """Whether ``fn`` declared :func:`zero_without_advantage`."""
+    return getattr(fn, "zero_without_advantage", False)
 
 
 def from_fields(cls: type[D], source: object, **overrides: object) -> D:

@@ -23,6 +23,7 @@ def micro_batch_rows(
     max_tokens: int | None = None,
     whole_groups: bool = False,
     count: int | None = None,
+    idle: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """The row indices of ``batch``'s micro-batches.
 
@@ -39,6 +40,11 @@ def micro_batch_rows(
     ``count``: split micro-batches until there are that many (under data parallelism every process must
     run the same number of forward/backward passes per optimizer step): the one with the most padded
     tokens is halved, between units, again and again. Raises ``RuntimeError`` when there are fewer units.
+
+    ``idle``: ``[N]`` bool, rows that add nothing to the gradient (see ``train.skip_zero_advantage``). A
+    unit of idle rows only is left out, except to make up ``count`` when no micro-batch can be halved any
+    more, and when no other unit is left (one micro-batch, so that the optimizer still steps); the shortest
+    idle units are taken then, one per micro-batch.
     """
     n = len(batch)
     prompt_len = batch.prompt_mask.sum(1).tolist()  # [N] as ints: one device sync, not one per row
@@ -48,8 +54,15 @@ def micro_batch_rows(
         units = [torch.nonzero(run == u).flatten() for u in range(int(run.max()) + 1 if n else 0)]
     else:
         units = [torch.tensor([i]) for i in range(n)]
+    length = lambda unit: max(prompt_len[i] + response_len[i] for i in unit.tolist())  # noqa: E731
+    total = len(units)
+    spare: list[torch.Tensor] = []  # idle units, shortest first
+    if idle is not None:
+        still = idle.tolist()
+        spare = sorted((u for u in units if all(still[i] for i in u.tolist())), key=length)
+        units = [u for u in units if not all(still[i] for i in u.tolist())]
     if by_length or max_tokens is not None:  # stable: ties keep their order
-        units.sort(key=lambda unit: -max(prompt_len[i] + response_len[i] for i in unit.tolist()))
+        units.sort(key=lambda unit: -length(unit))
 
     def padded(chunk: list[torch.Tensor]) -> int:
         rows = torch.cat(chunk).tolist()
@@ -64,13 +77,18 @@ def micro_batch_rows(
             chunks[-1].append(unit)
         else:
             chunks.append([unit])
+    if not chunks and spare:
+        chunks.append([spare.pop(0)])
     while count is not None and len(chunks) < count:
         splittable = [i for i, chunk in enumerate(chunks) if len(chunk) > 1]
-        if not splittable:
-            raise RuntimeError(f"cannot deal {len(units)} units into {count} micro-batches")
-        i = max(splittable, key=lambda j: padded(chunks[j]))
-        chunk = chunks.pop(i)
-        chunks[i:i] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+        if splittable:
+            i = max(splittable, key=lambda j: padded(chunks[j]))
+            chunk = chunks.pop(i)
+            chunks[i:i] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+        elif spare:
+            chunks.append([spare.pop(0)])
+        else:
+            raise RuntimeError(f"cannot deal {total} units into {count} micro-batches")
     device = batch.response_ids.device
     return [torch.cat(chunk).to(device) for chunk in chunks]
 

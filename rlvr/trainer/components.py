@@ -72,6 +72,9 @@ class Component:
     needs: Requests = {}
     entropy_grad: bool = False
     """Whether the update must keep the entropy's gradient (an entropy bonus)."""
+    every_row: bool = False
+    """Whether its loss terms reach rows whose advantages are all 0 (a KL or entropy term, a critic's
+    loss): the update then runs every row (see ``train.skip_zero_advantage``)."""
 
     def shape(self, inputs: AdvantageInputs, batch: RolloutBatch) -> tuple[AdvantageInputs, Metrics]:
         return inputs, {}
@@ -137,6 +140,10 @@ class KLPenalty(Component):
             if placement == "reward":
                 self.needs["old_logprobs"] = {}
 
+    @property
+    def every_row(self) -> bool:  # type: ignore[override]
+        return self.enabled and self.placement == "loss" and self.controller.value > 0
+
     def shape(self, inputs: AdvantageInputs, batch: RolloutBatch) -> tuple[AdvantageInputs, Metrics]:
         coef = self.controller.value
         if not self.enabled or self.placement != "reward" or coef <= 0:
@@ -197,6 +204,8 @@ class EntropyBonus(Component):
     def entropy_grad(self) -> bool:  # type: ignore[override]
         return self.controller.value > 0
 
+    every_row = entropy_grad
+
     def token_loss(
         self, logprobs: torch.Tensor, entropy: torch.Tensor, micro: RolloutBatch
     ) -> tuple[torch.Tensor | None, Metrics]:
@@ -225,6 +234,7 @@ class Critic(Component):
     token-averaged over the mini-batch's response tokens on all processes."""
 
     needs: Requests = {"values": {}}
+    every_row = True
 
     def __init__(
         self,

@@ -5,7 +5,8 @@ The loss of every micro-batch is aggregated with the token/sequence counts of it
 averaging that data parallelism and accelerate / DeepSpeed's gradient accumulation apply. The accumulated
 gradient is therefore exactly the gradient of the mini-batch loss as the aggregation mode defines it,
 whatever the micro-batch size, the number of micro-batches (a token budget makes it vary) or the number
-of processes.
+of processes. Rows that add nothing to the gradient (all advantages 0 under a loss that vanishes there,
+:func:`idle_rows`) are not run at all; the normalising counts still include them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from accelerate import Accelerator
 
 from rlvr.algorithms import aggregate
-from rlvr.algorithms.utils import needs_of
+from rlvr.algorithms.utils import is_zero_without_advantage, needs_of
 from rlvr.config import Recipe
 from rlvr.trainer.batch import micro_batch_rows, micro_batches
 from rlvr.trainer.components import Component, Requests
@@ -108,6 +109,19 @@ def loss_mask(batch: RolloutBatch) -> torch.Tensor:
     return batch.response_mask * (batch.token_weights != 0).to(batch.response_mask.dtype)
 
 
+def idle_rows(ctx: UpdateContext, batch: RolloutBatch) -> torch.Tensor | None:
+    """``[N]`` bool: the rows of ``batch`` that add nothing to the gradient, to be left out of the update
+    (``train.skip_zero_advantage``): no trained token with a nonzero advantage, under a policy loss that
+    declared :func:`~rlvr.algorithms.utils.zero_without_advantage` and no component whose terms reach every
+    row. None when rows cannot be skipped."""
+    loss_fn, _ = ctx.policy_loss
+    if not ctx.recipe.train.skip_zero_advantage or not is_zero_without_advantage(loss_fn):
+        return None
+    if any(component.every_row for component in ctx.components):
+        return None
+    return ~((batch.advantages != 0) & loss_mask(batch).bool()).any(-1)  # [N]
+
+
 def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
     """Run ``epochs x num_mini_batches`` optimizer steps on ``batch``; return averaged metrics.
 
@@ -138,6 +152,7 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
     scale = acc.num_processes * ctx.grad_accum
     sums: dict[str, float] = defaultdict(float)
     weights: dict[str, float] = defaultdict(float)
+    run_tokens = 0.0  # prompt + response tokens of the rows run, per pass over the batch
     for _epoch in range(train.epochs):
         epoch_batch = batch
         if train.shuffle_mini_batches and (train.num_mini_batches > 1 or train.epochs > 1):
@@ -160,13 +175,20 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                 )
             )
             mini_loss = 0.0
-            chunks = micro_batch_rows(mini_batch, **deal)
-            count = len(chunks)  # the same on every process, unless a token budget deals them
-            if train.max_tokens_per_micro_batch is not None:
+            idle = idle_rows(ctx, mini_batch)  # [mini] or None
+            chunks = micro_batch_rows(mini_batch, **deal, idle=idle)
+            count = len(chunks)  # the same on every process, unless a token budget or idle rows vary it
+            if train.max_tokens_per_micro_batch is not None or idle is not None:
                 # every process runs as many micro-batches as the process that needs the most
                 count = global_max(acc, count)
             if count > len(chunks):
-                chunks = micro_batch_rows(mini_batch, **deal, count=count)
+                chunks = micro_batch_rows(mini_batch, **deal, idle=idle, count=count)
+            ran = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)  # [rows run]
+            sums["perf/skipped_rows_frac"] += 1.0 - len(ran) / max(len(mini_batch), 1)
+            weights["perf/skipped_rows_frac"] += 1.0
+            run_tokens += (
+                float(mini_batch.prompt_mask[ran].sum() + mini_batch.response_mask[ran].sum()) / train.epochs
+            )
             for index, micro in enumerate(micro_batches(mini_batch, chunks)):
                 mask = micro.response_mask  # [n, T]
                 kept = loss_mask(micro)  # [n, T]
@@ -217,4 +239,7 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
             # Micro-batch losses were normalised by global counts: their sum over processes is the loss.
             sums["actor/loss"] += global_sums(acc, [mini_loss])[0]
             weights["actor/loss"] += 1.0
-    return {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
+    metrics = {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
+    # the same on every process, so that the step's average over processes keeps the global sum
+    metrics["perf/update_tokens_run"] = global_sums(acc, [run_tokens])[0]
+    return metrics

@@ -495,3 +495,37 @@ def test_reinforce_by_hand() -> None:
     torch.testing.assert_close(metrics["ratio_mean"], torch.tensor(1.625))
     torch.testing.assert_close(metrics["ratio_min"], torch.tensor(0.5))
     torch.testing.assert_close(metrics["ratio_max"], torch.tensor(3.0))
+
+
+ZERO_WITHOUT_ADVANTAGE = {"cispo", "dapo", "grpo", "gspo", "ppo_clip", "reinforce"}
+
+
+def test_losses_that_vanish_without_advantage_are_declared() -> None:
+    from rlvr.algorithms.utils import is_zero_without_advantage
+
+    declared = {name for name in POLICY_LOSSES.names() if is_zero_without_advantage(POLICY_LOSSES.get(name))}
+    assert declared == ZERO_WITHOUT_ADVANTAGE
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_WITHOUT_ADVANTAGE))
+def test_a_row_without_advantage_has_no_loss_no_gradient_and_no_influence(name: str) -> None:
+    """What lets the update skip such rows (train.skip_zero_advantage): off-policy ratios from 0.3 to 3
+    (clipped, dual-clipped where configured), rows 1 and 3 with advantage 0 on every token."""
+    kwargs = {"dual_clip_c": 3.0} if name in {"grpo", "ppo_clip", "dapo"} else {}
+    g = torch.Generator().manual_seed(0)
+    old = -torch.rand(5, 7, generator=g) * 3  # [N, T]
+    new = (old + (torch.rand(5, 7, generator=g) * 2.3 - 1.2)).requires_grad_(True)  # ratios 0.3..3
+    adv = torch.randn(5, 1, generator=g).expand(5, 7).clone()
+    adv[[1, 3]] = 0.0
+    mask = (torch.arange(7)[None, :] < torch.tensor([[7], [5], [3], [6], [4]])).float()
+    loss, _ = POLICY_LOSSES.get(name)(new, old, adv, mask, **kwargs)
+    loss.sum().backward()
+    assert torch.count_nonzero(loss[[1, 3]]) == 0
+    assert torch.count_nonzero(new.grad[[1, 3]]) == 0
+    assert torch.count_nonzero(new.grad[[0, 2, 4]]) > 0
+    rows = [0, 2, 4]  # the other rows' loss is the same without them
+    alone = new.detach()[rows].requires_grad_(True)
+    loss_alone, _ = POLICY_LOSSES.get(name)(alone, old[rows], adv[rows], mask[rows], **kwargs)
+    loss_alone.sum().backward()
+    torch.testing.assert_close(loss_alone, loss[rows], rtol=0, atol=0)
+    torch.testing.assert_close(alone.grad, new.grad[rows], rtol=0, atol=0)

@@ -250,6 +250,120 @@ def test_whole_groups_stay_together_when_sorted_packed_or_split():
     assert [r.tolist() for r in split] == [[0, 1], [2, 3], [4, 5]]
 
 
+def test_idle_rows_are_left_out_unless_needed_to_fill():
+    # rows (prompt + response): 0: 2+8, 1: 3+1, 2: 2+2, 3: 4+6, 4: 1+1, 5: 3+3; rows 0, 2 and 4 idle
+    batch = length_batch([2, 3, 2, 4, 1, 3], [8, 1, 2, 6, 1, 3], groups=[0, 0, 1, 1, 2, 2])
+    idle = torch.tensor([True, False, True, False, True, False])
+    # busy rows longest first: 3 (10), 5 (6), 1 (4)
+    assert [r.tolist() for r in micro_batch_rows(batch, 2, True, idle=idle)] == [[3, 5], [1]]
+    # to make 4 micro-batches: [3, 5] is halved, then the shortest idle row (4) fills the fourth
+    assert [r.tolist() for r in micro_batch_rows(batch, 2, True, idle=idle, count=4)] == [[3], [5], [1], [4]]
+    assert [r.tolist() for r in micro_batch_rows(batch, 2, True, idle=idle, count=5)] == [
+        [3],
+        [5],
+        [1],
+        [4],
+        [2],
+    ]
+    # whole groups: a group is idle only when all its rows are (none here: every group has a busy row)
+    grouped = micro_batch_rows(batch, 8, True, whole_groups=True, idle=idle)
+    assert [r.tolist() for r in grouped] == [[0, 1, 2, 3, 4, 5]]
+    assert micro_batch_rows(batch, 8, True, whole_groups=True, idle=torch.tensor([True] * 4 + [False] * 2))[
+        0
+    ].tolist() == [4, 5]
+    # nothing busy: one micro-batch of the shortest idle row, so that the optimizer still steps
+    assert [r.tolist() for r in micro_batch_rows(batch, 4, True, idle=torch.ones(6, dtype=torch.bool))] == [
+        [4]
+    ]
+    with pytest.raises(RuntimeError, match="6 units into 7"):
+        micro_batch_rows(batch, 2, True, idle=idle, count=7)
+
+
+SKIP_CASES = [(mode, 2, None) for mode in LOSS_AGGREGATIONS] + [("token-mean", 8, 12)]
+
+
+@pytest.mark.parametrize(("mode", "micro", "budget"), SKIP_CASES)
+def test_rows_without_advantage_are_skipped_and_the_gradient_is_the_same(tiny_dir, mode, micro, budget):
+    """Rows whose advantages are all 0 are not run (train.skip_zero_advantage, on by default); the step is
+    still the full-batch gradient step, their tokens still in the normalising counts."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    recipe = Recipe.model_validate(
+        {
+            "algorithm": {"loss_agg": mode},
+            "rollout": {"max_tokens": 8},
+            "train": {"max_grad_norm": 1e9, "max_tokens_per_micro_batch": budget},
+        }
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    batch = random_batch()
+    batch.advantages[[1, 4, 5]] = 0.0  # e.g. a prompt whose samples all got one reward
+    lr = 0.5
+    expected = reference_delta(model, batch, mode, lr)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    model, metrics = sgd_update(model, recipe, batch, lr, micro)
+
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.detach() - before[name], expected[name], atol=1e-6, rtol=1e-4)
+    assert metrics["perf/skipped_rows_frac"] == pytest.approx(3 / 8)
+    run = [0, 2, 3, 6, 7]
+    tokens = batch.prompt_mask[run].sum() + batch.response_mask[run].sum()
+    assert metrics["perf/update_tokens_run"] == pytest.approx(float(tokens))
+
+
+def test_an_update_with_no_advantage_at_all_still_steps_the_optimizer(tiny_dir):
+    """Every row idle: one (shortest) row is run, with zero gradient, so that the optimizer and the
+    schedule step as they would have (Adam's moments and weight decay move the weights regardless)."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    recipe = Recipe.model_validate({"rollout": {"max_tokens": 8}, "train": {"max_grad_norm": 1e9}})
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    batch = random_batch()
+    batch.advantages = torch.zeros_like(batch.advantages)
+    accelerator = Accelerator(gradient_accumulation_steps=4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ctx = UpdateContext(accelerator, model, optimizer, scheduler, recipe, micro_batch=2, grad_accum=4)
+
+    metrics = policy_update(ctx, batch)
+
+    assert metrics["perf/skipped_rows_frac"] == pytest.approx(7 / 8)
+    assert metrics["actor/grad_norm"] == 0.0
+    assert scheduler.last_epoch == 1
+    for name, param in model.named_parameters():  # weight decay alone: w <- w (1 - lr wd)
+        torch.testing.assert_close(param.detach(), before[name] * (1 - 0.1 * 0.5), atol=1e-7, rtol=1e-6)
+
+
+def test_rows_are_not_skipped_when_some_loss_term_reads_them():
+    """An entropy bonus or a KL term in the loss reaches every row, and losses that select tokens across
+    rows (Clip-Cov) do not vanish without advantage: nothing is skipped then, or when switched off."""
+    from types import SimpleNamespace
+
+    from rlvr.algorithms import POLICY_LOSSES
+    from rlvr.trainer.update import idle_rows
+
+    batch = random_batch()
+    batch.advantages[[1, 4]] = 0.0
+
+    def idle(algorithm: dict, train: dict | None = None):
+        recipe = Recipe.model_validate({"algorithm": algorithm, "train": train or {}})
+        algo = recipe.algorithm
+        advantage = (ADVANTAGES.get(algo.advantage), ADVANTAGES.bind(algo.advantage, algo.advantage_kwargs))
+        loss = (POLICY_LOSSES.get(algo.policy_loss), {})
+        ctx = SimpleNamespace(recipe=recipe, policy_loss=loss, components=build_components(recipe, advantage))
+        return idle_rows(ctx, batch)
+
+    assert idle({}).tolist() == [False, True, False, False, True, False, False, False]
+    assert idle({"kl_coef": 0.1, "kl_placement": "reward"}) is not None  # the KL is in the advantages
+    assert idle({"kl_coef": 0.1}) is None
+    assert idle({"entropy_coef": 0.01}) is None
+    assert idle({"policy_loss": "clip_cov"}) is None
+    assert idle({}, {"skip_zero_advantage": False}) is None
+
+
 def test_group_permutation_shuffles_whole_groups():
     from rlvr.trainer.update import group_permutation
 
