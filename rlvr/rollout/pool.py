@@ -86,8 +86,7 @@ def _alongside(requests: list[Future], action, what: str):
         return action()
 
     done = in_thread(run)
-    everything = [done, *requests]
-    pending = set(everything)
+    pending = {done, *requests}
     while pending:
         _, pending = wait(pending, return_when=FIRST_EXCEPTION)
         failed = [f for f in requests if f.done() and f.exception() is not None]

@@ -1,0 +1,111 @@
+"""The update alone, on one fixed anchor-shaped batch: an A/B of update levers without rollout noise.
+
+    python scripts/bench_update.py [--set key=value ...] [--idle-groups 0.25] [--repeats 3] [--profile]
+
+Builds the anchor's policy (``recipes/bench/grpo_anchor_smollm2.yaml``, float32 weights, bf16 autocast as
+its ``train.mixed_precision`` says, AdamW) and a seeded batch shaped like an anchor step: 8 prompts x 8
+samples, prompts of 36-44 tokens, responses of 8-128 tokens (about 35 on average, five at 128), group
+advantages. ``--idle-groups F`` gives the first F of the groups advantage 0 (prompts whose samples all got
+one reward). Runs :func:`rlvr.trainer.update.policy_update` once to warm up, then ``--repeats`` times,
+and prints each time, the median and the update against its compute floor (6 x parameters x real tokens
+at this machine's bf16 matmul peak, as ``scripts/bench_step.py``). ``--profile`` adds a torch profiler
+table of one more update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rlvr.types import RolloutBatch  # noqa: E402
+from scripts.bench_step import ANCHOR, matmul_peak_gflops  # noqa: E402
+
+
+def anchor_batch(idle_groups: float, rows: int = 64, group: int = 8, seed: int = 0) -> RolloutBatch:
+    g = torch.Generator().manual_seed(seed)
+    width_p, width_t = 44, 128
+    prompt_len = torch.randint(36, width_p + 1, (rows,), generator=g)
+    response_len = torch.clamp((torch.randn(rows, generator=g) * 15 + 35).long(), 8, width_t)
+    response_len[torch.randperm(rows, generator=g)[:5]] = width_t
+    prompt_mask = (torch.arange(width_p)[None] >= (width_p - prompt_len)[:, None]).long()  # [N, P]
+    response_mask = (torch.arange(width_t)[None] < response_len[:, None]).float()  # [N, T]
+    advantages = torch.randn(rows // group, 1, generator=g).repeat_interleave(group, 0)  # [N, 1]
+    advantages = (advantages + 0.1 * torch.randn(rows, 1, generator=g)) * response_mask  # [N, T]
+    advantages[: group * int(idle_groups * rows / group)] = 0.0
+    return RolloutBatch(
+        prompt_ids=torch.randint(3, 40000, (rows, width_p), generator=g) * prompt_mask,
+        prompt_mask=prompt_mask,
+        response_ids=torch.randint(3, 40000, (rows, width_t), generator=g),
+        response_mask=response_mask,
+        engine_logprobs=-torch.rand(rows, width_t, generator=g) * response_mask,
+        sequence_rewards=torch.zeros(rows),
+        group_index=torch.arange(rows) // group,
+        truncated=response_len == width_t,
+        advantages=advantages,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--idle-groups", type=float, default=0.0, help="share of groups with advantage 0")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from rlvr.config import load_recipe
+    from rlvr.models import resolve_model
+    from rlvr.trainer.update import UpdateContext, policy_update
+
+    recipe = load_recipe(ANCHOR, ["rollout.engine=hf", *args.overrides])
+    torch.manual_seed(0)
+    batch = anchor_batch(args.idle_groups)
+    peak = matmul_peak_gflops("bfloat16")
+    accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision)
+    path = resolve_model(recipe.model.name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    micro = recipe.train.micro_batch_size
+    ctx = UpdateContext(
+        accelerator, model, optimizer, scheduler, recipe, micro_batch=micro, grad_accum=len(batch) // micro
+    )
+    tokens = float(batch.prompt_mask.sum() + batch.response_mask.sum())
+    floor = 6 * params * tokens / (peak * 1e9)
+    times = []
+    for _ in range(args.repeats + 1):
+        start = time.perf_counter()
+        metrics = policy_update(ctx, batch)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times[1:])
+    skipped = metrics.get("perf/skipped_rows_frac", 0.0)
+    print(f"# {' '.join(args.overrides)} idle groups {args.idle_groups}: {tokens:.0f} real tokens")
+    print(f"# rows skipped {skipped:.0%}; bf16 matmul peak {peak:.0f} GFLOP/s")
+    print(f"updates: {' '.join(f'{t:.2f}' for t in times)} s (the first is warm-up)")
+    print(f"median {median:.2f} s; floor {floor:.2f} s; update / floor {median / floor:.2f}x")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            policy_update(ctx, batch)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
