@@ -515,10 +515,10 @@ class TrainConfig(_Section):
     """RL update: leave out the rows whose advantage is 0 on every trained token (in GRPO, the samples of
     every prompt whose samples all got the same reward) when nothing in the loss reads them: the policy
     loss declares it vanishes there (grpo, ppo_clip, dapo, gspo, cispo, reinforce) and there is no KL
-    term in the loss, entropy bonus or critic. The gradient and the optimizer step are the same (losses
-    are normalised by the counts of all rows); the update is faster by the share of such rows. The
-    update's statistics (entropy, clip fraction, engine log-prob gap) then cover the rows that ran;
-    perf/skipped_rows_frac is the share that did not."""
+    term in the loss, entropy bonus, adaptive entropy controller or critic. The gradient and the
+    optimizer step are the same (losses are normalised by the counts of all rows); the update is faster
+    by the share of such rows. The update's statistics (entropy, clip fraction, engine log-prob gap) then
+    cover the rows that ran; perf/skipped_rows_frac is the share that did not."""
     async_steps: int = Field(0, ge=0)
     """Asynchronous training (``rollout.mode: server``): generate the rollouts of step t+1 .. t+k while
     step t updates, so sampling and training overlap and a batch may come from weights up to k updates

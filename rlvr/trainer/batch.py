@@ -44,7 +44,7 @@ def micro_batch_rows(
     ``idle``: ``[N]`` bool, rows that add nothing to the gradient (see ``train.skip_zero_advantage``). A
     unit of idle rows only is left out, except to make up ``count`` when no micro-batch can be halved any
     more, and when no other unit is left (one micro-batch, so that the optimizer still steps); the shortest
-    idle units are taken then, one per micro-batch.
+    idle units with a response token are taken then, one per micro-batch.
     """
     n = len(batch)
     prompt_len = batch.prompt_mask.sum(1).tolist()  # [N] as ints: one device sync, not one per row
@@ -56,10 +56,12 @@ def micro_batch_rows(
         units = [torch.tensor([i]) for i in range(n)]
     length = lambda unit: max(prompt_len[i] + response_len[i] for i in unit.tolist())  # noqa: E731
     total = len(units)
-    spare: list[torch.Tensor] = []  # idle units, shortest first
+    spare: list[torch.Tensor] = []  # idle units, the shortest with a response token first
     if idle is not None:
         still = idle.tolist()
-        spare = sorted((u for u in units if all(still[i] for i in u.tolist())), key=length)
+        # a filler with a response token, so that its micro-batch has statistics to report
+        filler_order = lambda unit: (max(response_len[i] for i in unit.tolist()) == 0, length(unit))  # noqa: E731
+        spare = sorted((u for u in units if all(still[i] for i in u.tolist())), key=filler_order)
         units = [u for u in units if not all(still[i] for i in u.tolist())]
     if by_length or max_tokens is not None:  # stable: ties keep their order
         units.sort(key=lambda unit: -length(unit))

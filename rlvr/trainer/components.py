@@ -30,6 +30,7 @@ from rlvr.algorithms import (
     KL_ESTIMATORS,
     TOKEN_WEIGHTS,
     AdvantageInputs,
+    FixedEntropyController,
     TokenWeightInputs,
     aggregate,
     combine_token_weights,
@@ -204,7 +205,10 @@ class EntropyBonus(Component):
     def entropy_grad(self) -> bool:  # type: ignore[override]
         return self.controller.value > 0
 
-    every_row = entropy_grad
+    @property
+    def every_row(self) -> bool:  # type: ignore[override]
+        # a controller that adapts reads actor/entropy, which must then be measured on every row
+        return self.controller.value > 0 or not isinstance(self.controller, FixedEntropyController)
 
     def token_loss(
         self, logprobs: torch.Tensor, entropy: torch.Tensor, micro: RolloutBatch

@@ -239,7 +239,12 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
             # Micro-batch losses were normalised by global counts: their sum over processes is the loss.
             sums["actor/loss"] += global_sums(acc, [mini_loss])[0]
             weights["actor/loss"] += 1.0
-    metrics = {key: sums[key] / weights[key] for key in sums if weights[key] > 0}
-    # the same on every process, so that the step's average over processes keeps the global sum
-    metrics["perf/update_tokens_run"] = global_sums(acc, [run_tokens])[0]
+    # Weighted over the tokens (or steps) of every process, one all-reduce: a process that ran a single
+    # filler row weighs what its tokens weigh. The values are then the same on every process.
+    keys = sorted(sums)
+    totals = global_sums(acc, [*(sums[k] for k in keys), *(weights[k] for k in keys), run_tokens])
+    metrics = {
+        key: totals[i] / totals[len(keys) + i] for i, key in enumerate(keys) if totals[len(keys) + i] > 0
+    }
+    metrics["perf/update_tokens_run"] = totals[-1]
     return metrics

@@ -277,6 +277,11 @@ def test_idle_rows_are_left_out_unless_needed_to_fill():
     ]
     with pytest.raises(RuntimeError, match="6 units into 7"):
         micro_batch_rows(batch, 2, True, idle=idle, count=7)
+    # a filler has a response token when one can: row 0 (2 + 0) is shorter but has no response
+    empty = length_batch([2, 1, 3], [0, 2, 1], groups=[0, 0, 0])
+    assert [r.tolist() for r in micro_batch_rows(empty, 4, True, idle=torch.ones(3, dtype=torch.bool))] == [
+        [1]
+    ]
 
 
 SKIP_CASES = [(mode, 2, None) for mode in LOSS_AGGREGATIONS] + [("token-mean", 8, 12)]
@@ -360,6 +365,9 @@ def test_rows_are_not_skipped_when_some_loss_term_reads_them():
     assert idle({"kl_coef": 0.1, "kl_placement": "reward"}) is not None  # the KL is in the advantages
     assert idle({"kl_coef": 0.1}) is None
     assert idle({"entropy_coef": 0.01}) is None
+    # an adaptive entropy controller reads actor/entropy of every row, even while its coefficient is 0
+    assert idle({"entropy_controller": "adaptive"}) is None
+    assert idle({"advantage": "gae"}) is None  # a critic's value loss reads every row
     assert idle({"policy_loss": "clip_cov"}) is None
     assert idle({}, {"skip_zero_advantage": False}) is None
 
