@@ -15,16 +15,19 @@ from launch import ROOT, TINY_RECIPE, accelerate, free_port, metrics, run, tiny_
 def test_tiny_model_learns_asynchronously_with_a_rollout_server_and_zero3(tmp_path):
     """The trainer's main process starts one vLLM server; every step both processes send it their
     prompts and, under ZeRO-3, gather the policy layer by layer for the broadcast that main sends.
-    Generation runs one step ahead (train.async_steps=1) with the TIS correction; the task is learned as
-    the synchronous colocated run learns it (test_e2e_learning)."""
+    Generation runs one step ahead (train.async_steps=1) with the TIS correction, and the task is learned.
+    At this recipe's high learning rate, samples one update old slow learning down and make the run
+    chaotic (whether a batch leaves before or after a sync changes the trajectory), so the run has 40
+    steps, not 30: over 4 seeds the mean reward of steps 31-40 was 0.12-0.14 (threshold ~0.06), while
+    steps 21-30 ranged over 0.05-0.13. The synchronous server run reaches 0.14 by step 30."""
     out = tmp_path / "run"
     cmd = accelerate("recipes/accelerate/zero3.yaml", "-m", "rlvr.train", str(TINY_RECIPE))
     overrides = ["rollout.mode=server", "train.async_steps=1", "algorithm.token_weights=[{name: tis}]"]
-    proc = run([*cmd, f"run.output_dir={out}", *overrides], timeout=900)
+    proc = run([*cmd, f"run.output_dir={out}", "run.steps=40", *overrides], timeout=900)
     assert "engine vllm on 1 rollout server" in proc.stdout
     rows = metrics(out)
     rewards = [r["reward/mean"] for r in rows]
-    assert len(rewards) == 30
+    assert len(rewards) == 40
     first, last = sum(rewards[:5]) / 5, sum(rewards[-10:]) / 10
     assert first < 0.03, rewards  # as with the colocated engine (test_e2e_learning)
     assert last > first + 0.05 and last > 3 * first, rewards
@@ -35,7 +38,7 @@ def test_tiny_model_learns_asynchronously_with_a_rollout_server_and_zero3(tmp_pa
     # began gets the new weights)
     staleness = [r["async/staleness"] for r in rows]
     assert staleness[0] == 0.0 and all(0.0 <= s <= 1.0 for s in staleness), staleness
-    assert sum(staleness[1:]) / 29 > 0.5, staleness
+    assert sum(staleness[1:]) / 39 > 0.5, staleness
     assert "rollout server ready" in (out / "logs/rollout-server-0.log").read_text()
 
 
