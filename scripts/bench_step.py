@@ -161,7 +161,7 @@ def main() -> None:
         f"| {args.label} | {step:.1f} s | {med('time/rollout_s'):.1f} s | {med('time/reward_s'):.2f} s "
         f"| {update:.1f} s | {sync:.2f} s | {generated:.0f} | {med('perf/rollout_tokens_per_s'):.0f} "
         + (f"| {floor:.1f} s | {update / floor:.2f}x " if floor else "| - | - ")
-        + (f"| {100 * skipped:.0f}% | {update / run_floor:.2f}x " if run_floor else "| 0% | - ")
+        + (f"| {100 * skipped:.0f}% | {update / run_floor:.2f}x " if run_floor else "| - | - ")
         + f"| {100 * sync / step:.1f}% | {rss_gb:.2f} GB |"
     )
 

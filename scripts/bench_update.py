@@ -10,11 +10,19 @@ one reward). Runs :func:`rlvr.trainer.update.policy_update` once to warm up, the
 and prints each time, the median and the update against its compute floor (6 x parameters x real tokens
 at this machine's bf16 matmul peak, as ``scripts/bench_step.py``). ``--profile`` adds a torch profiler
 table of one more update.
+
+The accelerator, policy and optimizer are set up as the trainer sets them up, so the same update runs
+under DeepSpeed (bf16 weights with float32 master weights, instead of autocast) when launched with a
+DeepSpeed config on one process::
+
+    accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 1 \
+        scripts/bench_update.py [...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -63,27 +71,27 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 
-    from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM
-
     from rlvr.config import load_recipe
     from rlvr.models import resolve_model
+    from rlvr.trainer.setup import configure_deepspeed, load_policy, make_accelerator, make_optimizer
     from rlvr.trainer.update import UpdateContext, policy_update
 
     recipe = load_recipe(ANCHOR, ["rollout.engine=hf", *args.overrides])
+    if int(os.environ.get("WORLD_SIZE", "1")) != 1:
+        parser.error("one process only (accelerate launch --num_processes 1)")
     torch.manual_seed(0)
     batch = anchor_batch(args.idle_groups)
     peak = matmul_peak_gflops("bfloat16")
-    accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision)
-    path = resolve_model(recipe.model.name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    layout = recipe.batch_layout(1)  # as the trainer sets itself up (rlvr.train.build)
+    micro, grad_accum = layout["micro_batch"], layout["grad_accum"]
+    accelerator = make_accelerator(grad_accum, recipe.train.mixed_precision)
+    configure_deepspeed(accelerator, micro, grad_accum, recipe)
+    model = load_policy(str(resolve_model(recipe.model.name_or_path)), recipe)
     params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr)
+    optimizer, scheduler = make_optimizer(model, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    micro = recipe.train.micro_batch_size
     ctx = UpdateContext(
-        accelerator, model, optimizer, scheduler, recipe, micro_batch=micro, grad_accum=len(batch) // micro
+        accelerator, model, optimizer, scheduler, recipe, micro_batch=micro, grad_accum=grad_accum
     )
     tokens = float(batch.prompt_mask.sum() + batch.response_mask.sum())
     floor = 6 * params * tokens / (peak * 1e9)

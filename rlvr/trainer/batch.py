@@ -61,8 +61,9 @@ def micro_batch_rows(
         still = idle.tolist()
         # a filler with a response token, so that its micro-batch has statistics to report
         filler_order = lambda unit: (max(response_len[i] for i in unit.tolist()) == 0, length(unit))  # noqa: E731
-        spare = sorted((u for u in units if all(still[i] for i in u.tolist())), key=filler_order)
-        units = [u for u in units if not all(still[i] for i in u.tolist())]
+        unit_idle = [all(still[i] for i in u.tolist()) for u in units]
+        spare = sorted((u for u, off in zip(units, unit_idle, strict=True) if off), key=filler_order)
+        units = [u for u, off in zip(units, unit_idle, strict=True) if not off]
     if by_length or max_tokens is not None:  # stable: ties keep their order
         units.sort(key=lambda unit: -length(unit))
 
