@@ -511,6 +511,12 @@ class TrainConfig(_Section):
     micro-batches, and memory is bounded by tokens, not rows. The number of micro-batches varies from step
     to step (every process runs as many as the one that needs the most); the gradient is the same. None:
     micro_batch_size rows per micro-batch."""
+    share_prompt_prefix: bool = True
+    """Forward passes of the policy and the reference model: run each distinct prompt of a micro-batch
+    once, and every row's response on a copy of its prompt's keys and values (the shared-prefix forward of
+    Prefix Grouper, arXiv:2506.05433). The rows of a GRPO group share their prompt, so a micro-batch
+    computes U x prompt + N x response tokens instead of N x (prompt + response); values and gradients
+    are the same. Off with model.gradient_checkpointing (which drops the cache the responses read)."""
     skip_zero_advantage: bool = True
     """RL update: leave out the rows whose advantage is 0 on every trained token (in GRPO, the samples of
     every prompt whose samples all got the same reward) when nothing in the loss reads them: the policy

@@ -38,7 +38,7 @@ from rlvr.trainer.checkpoint import (
     save_final_model,
 )
 from rlvr.trainer.distributed import gathered, global_sums
-from rlvr.trainer.logprobs import fill_fields, policy_output, response_logprobs
+from rlvr.trainer.logprobs import fill_fields, policy_output, response_logprobs, shares_prompts
 from rlvr.trainer.metrics import MetricsLogger
 from rlvr.trainer.preference import (
     mismatched,
@@ -235,7 +235,8 @@ def _kl_logps(t: OfflineTrainer, batch: RolloutBatch) -> tuple[torch.Tensor, tor
     shifted = mismatched(batch)
     temperature = t.recipe.rollout.temperature
     t.ctx.model.eval()
-    forwards = {"policy": policy_output(t.ctx.model, temperature), "reference": t.reference}
+    share = shares_prompts(t.recipe)
+    forwards = {"policy": policy_output(t.ctx.model, temperature, share), "reference": t.reference}
     fill_fields(shifted, {"old_logprobs": {}, "ref_logprobs": {}}, forwards, micro, device=acc.device)
     policy = sequence_logps(shifted.old_logprobs, shifted.response_mask)  # [N]
     reference = sequence_logps(shifted.ref_logprobs, shifted.response_mask)  # [N]
@@ -282,7 +283,9 @@ def evaluate_pairs(t: OfflineTrainer) -> dict[str, float]:
     seqs = []
     for i in range(0, len(batch), micro):
         chunk = batch.select(slice(i, i + micro)).to(acc.device)
-        logprobs, _ = response_logprobs(t.ctx.model, chunk, temperature)  # [n, T]
+        logprobs, _ = response_logprobs(
+            t.ctx.model, chunk, temperature, share_prompts=shares_prompts(t.recipe)
+        )  # [n, T]
         seqs.append(sequence_logps(logprobs, chunk.response_mask).cpu())
     inputs = preference_inputs(torch.cat(seqs), batch, chosen, rejected, (torch.zeros(0), torch.zeros(0)))
     per_pair, metrics = loss_fn(inputs, **kwargs)

@@ -41,7 +41,7 @@ from rlvr.trainer.collect import Prefetch, collect
 from rlvr.trainer.components import Component, Requests, build_components, merge_requests, requests_of
 from rlvr.trainer.distributed import gathered, global_means, global_sums, whole_batch
 from rlvr.trainer.evaluation import PeriodicEvaluator
-from rlvr.trainer.logprobs import BATCH_FIELDS, critic_output, fill_fields, policy_output
+from rlvr.trainer.logprobs import BATCH_FIELDS, critic_output, fill_fields, policy_output, shares_prompts
 from rlvr.trainer.metrics import MetricsLogger
 from rlvr.trainer.preference import online_preference_update
 from rlvr.trainer.run import (
@@ -165,7 +165,7 @@ def build(recipe: Recipe) -> Trainer:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     temperature = recipe.rollout.temperature
-    forwards = {"policy": policy_output(model, temperature)}
+    forwards = {"policy": policy_output(model, temperature, shares_prompts(recipe))}
     ref_model = None
     if "reference" in sources:
         ref_model, forwards["reference"] = reference_forward(accelerator, model, model_path, recipe)

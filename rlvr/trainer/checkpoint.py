@@ -226,6 +226,7 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "train.warmup_steps": "applied: the schedule is recomputed at the restored optimizer step",
     "train.sort_by_length": "used from now on",
     "train.skip_zero_advantage": "used from now on",
+    "train.share_prompt_prefix": "used from now on",
     "algorithm.critic.lr": "applied: the critic's learning rate and base rate are reset to it",
     "model.gradient_checkpointing": "used from now on (memory only)",
     "model.attn_implementation": "used from now on (kernel choice)",

@@ -208,7 +208,7 @@ class EntropyBonus(Component):
     @property
     def every_row(self) -> bool:  # type: ignore[override]
         # a controller that adapts reads actor/entropy, which must then be measured on every row
-        return self.controller.value > 0 or not isinstance(self.controller, FixedEntropyController)
+        return self.entropy_grad or not isinstance(self.controller, FixedEntropyController)
 
     def token_loss(
         self, logprobs: torch.Tensor, entropy: torch.Tensor, micro: RolloutBatch

@@ -14,9 +14,10 @@ statistic of that model from it. A new batch field is a registry entry here and 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,11 +26,19 @@ from rlvr.registry import Registry
 from rlvr.trainer.batch import micro_batch_rows
 from rlvr.types import RolloutBatch
 
+if TYPE_CHECKING:
+    from rlvr.config import Recipe
 
-def last_logits(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+
+def last_logits(model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool = False) -> torch.Tensor:
     """``[N, T, V]`` logits in the model's compute dtype; position t is the distribution of response token
     t. Only the last T+1 positions are turned into logits (``logits_to_keep``), which saves a [N, P, V]
-    tensor."""
+    tensor.
+
+    ``share_prompts``: run each distinct prompt once and every row's response on a copy of its prompt's
+    keys and values (:func:`shared_prompt_logits`); the rows of a GRPO group share their prompt."""
+    if share_prompts:
+        return shared_prompt_logits(model, batch)
     input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)  # [N, P+T]
     attention = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)  # [N, P+T]
     position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+T]
@@ -44,9 +53,73 @@ def last_logits(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
     return out.logits[:, :-1, :]  # [N, T, V]
 
 
-def response_logits(model: torch.nn.Module, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
+def distinct_prompts(batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first [U], inverse [N])``: the first row of each of the ``U`` distinct prompts of ``batch``
+    (ids and padding alike) and the index of each row's prompt among them."""
+    key = torch.cat([batch.prompt_ids, batch.prompt_mask.long()], dim=1)  # [N, 2P]
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # [N]
+    rows = torch.arange(len(batch), device=inverse.device)
+    first = torch.full((int(inverse.max()) + 1,), len(batch), device=inverse.device)
+    return first.scatter_reduce(0, inverse, rows, reduce="amin"), inverse
+
+
+def shared_prompt_logits(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+    """:func:`last_logits` with each distinct prompt run once: the shared-prefix forward of Prefix Grouper
+    (Liu et al. 2025, arXiv:2506.05433), built on the model's key/value cache.
+
+    The ``U`` distinct prompts but their last token run once, with the cache on; the cache is then indexed
+    to one copy per row (``reorder_cache``, differentiable: a row's gradient flows back into its prompt's
+    single pass) and each row runs ``[last prompt token, response[:-1]]`` on it, whose T logits are those
+    of the response tokens. Attention, positions and padding are those of the full rows, so the values and
+    the gradient are the full forward's, computed on ``U x (P-1) + N x T`` tokens instead of
+    ``N x (P+T)``. The model must keep its cache in training (gradient checkpointing drops it).
+
+    Every batch takes these two passes, prompts repeated or not: under data parallelism the processes'
+    backward passes must reach the parameters in the same order (DeepSpeed ZeRO-2 reduces gradients in
+    buckets filled in that order)."""
+    if batch.prompt_ids.shape[1] < 2:  # one column: add a padding column, so that the prefix is not empty
+        pad = torch.zeros_like(batch.prompt_ids[:, :1])
+        batch = dataclasses.replace(
+            batch,
+            prompt_ids=torch.cat([pad, batch.prompt_ids], dim=1),
+            prompt_mask=torch.cat([pad.to(batch.prompt_mask.dtype), batch.prompt_mask], dim=1),
+        )
+    width_p, width_t = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+    first, inverse = distinct_prompts(batch)
+    attention = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)  # [N, P+T]
+    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+T]
+    prefix = model(
+        input_ids=batch.prompt_ids[first, :-1],  # [U, P-1]
+        attention_mask=attention[first, : width_p - 1],
+        position_ids=position_ids[first, : width_p - 1],
+        logits_to_keep=1,
+        use_cache=True,
+    )
+    cache = prefix.past_key_values
+    cache.reorder_cache(inverse)  # [U, ...] -> [N, ...]
+    suffix = torch.cat([batch.prompt_ids[:, -1:], batch.response_ids[:, :-1]], dim=1)  # [N, T]
+    out = model(
+        input_ids=suffix,
+        attention_mask=attention[:, : width_p - 1 + width_t],
+        position_ids=position_ids[:, width_p - 1 : width_p - 1 + width_t],
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.logits  # [N, T, V]
+
+
+def shares_prompts(recipe: Recipe) -> bool:
+    """Whether the policy's and the reference's forward passes run each distinct prompt of a micro-batch
+    once (``train.share_prompt_prefix``; not under gradient checkpointing, which drops the key/value cache
+    the responses read)."""
+    return recipe.train.share_prompt_prefix and not recipe.model.gradient_checkpointing
+
+
+def response_logits(
+    model: torch.nn.Module, batch: RolloutBatch, temperature: float = 1.0, share_prompts: bool = False
+) -> torch.Tensor:
     """``[N, T, V]`` float32 logits / temperature; position t is the distribution of response token t."""
-    return last_logits(model, batch).float() / temperature  # [N, T, V]
+    return last_logits(model, batch, share_prompts).float() / temperature  # [N, T, V]
 
 
 def token_logprobs(
@@ -139,6 +212,7 @@ def response_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     entropy_grad: bool = False,
+    share_prompts: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probability of each response token (and the token-level entropy) under ``model``.
 
@@ -146,9 +220,10 @@ def response_logprobs(
 
     Logits are divided by the sampling temperature so the result is comparable to the engine's
     sampling distribution (top-p/top-k truncation is not applied). Both come from :class:`TokenStats`,
-    which never holds the float32 logits of the whole batch.
+    which never holds the float32 logits of the whole batch. ``share_prompts``: see :func:`last_logits`.
     """
-    logprobs, entropy = TokenStats.apply(last_logits(model, batch), batch.response_ids, temperature)
+    logits = last_logits(model, batch, share_prompts)
+    logprobs, entropy = TokenStats.apply(logits, batch.response_ids, temperature)
     if not with_entropy:
         return logprobs, None
     return logprobs, entropy if entropy_grad and torch.is_grad_enabled() else entropy.detach()
@@ -176,9 +251,11 @@ BATCH_FIELDS.register("ref_logprobs")(FieldSource("reference", token_logprobs))
 BATCH_FIELDS.register("values")(FieldSource("critic", lambda values, ids: values))
 
 
-def policy_output(model: torch.nn.Module, temperature: float) -> Callable[[RolloutBatch], torch.Tensor]:
+def policy_output(
+    model: torch.nn.Module, temperature: float, share_prompts: bool = False
+) -> Callable[[RolloutBatch], torch.Tensor]:
     """A forward for :func:`fill_fields`: the response logits of a causal LM at ``temperature``."""
-    return lambda chunk: response_logits(model, chunk, temperature)
+    return lambda chunk: response_logits(model, chunk, temperature, share_prompts)
 
 
 def critic_output(model: torch.nn.Module) -> Callable[[RolloutBatch], torch.Tensor]:

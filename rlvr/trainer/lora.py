@@ -104,7 +104,7 @@ def adapter_disabled(unwrapped: torch.nn.Module) -> Iterator[None]:
 
 
 def reference_output(
-    model: torch.nn.Module, unwrapped: torch.nn.Module, temperature: float
+    model: torch.nn.Module, unwrapped: torch.nn.Module, temperature: float, share_prompts: bool = False
 ) -> Callable[[object], torch.Tensor]:
     """A forward for :func:`rlvr.trainer.logprobs.fill_fields`: the response logits of the policy with its
     adapter disabled (the reference of a LoRA run). ``model`` is the prepared model, ``unwrapped`` the peft
@@ -113,6 +113,6 @@ def reference_output(
 
     def forward(chunk) -> torch.Tensor:
         with adapter_disabled(unwrapped):
-            return response_logits(model, chunk, temperature)
+            return response_logits(model, chunk, temperature, share_prompts)
 
     return forward

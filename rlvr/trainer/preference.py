@@ -27,7 +27,7 @@ from rlvr.algorithms.preference import PreferenceInputs, build_pairs
 from rlvr.rollout.base import Completion
 from rlvr.trainer.batch import make_batch
 from rlvr.trainer.distributed import gathered_objects, global_sums
-from rlvr.trainer.logprobs import response_logprobs
+from rlvr.trainer.logprobs import response_logprobs, shares_prompts
 from rlvr.trainer.update import backward_and_step, group_permutation
 from rlvr.types import RolloutBatch
 
@@ -181,7 +181,9 @@ def preference_update(
                 )
                 mask = micro.response_mask  # [n, T]
                 with acc.accumulate(ctx.model):
-                    logprobs, _ = response_logprobs(ctx.model, micro, temperature)  # [n, T]
+                    logprobs, _ = response_logprobs(
+                        ctx.model, micro, temperature, share_prompts=shares_prompts(ctx.recipe)
+                    )  # [n, T]
                     seq = sequence_logps(logprobs, mask)  # [n]
                     inputs = preference_inputs(seq, micro, c, r, kl)
                     per_pair, metrics = loss_fn(inputs, **loss_kwargs)  # [p]

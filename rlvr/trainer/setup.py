@@ -283,15 +283,15 @@ def reference_forward(
     """The frozen reference and its forward for :func:`rlvr.trainer.logprobs.fill_fields`: a copy of the
     initial policy (:func:`make_reference`), or, for a LoRA policy, the policy itself with its adapter
     disabled (no second copy; the model returned is None)."""
-    from rlvr.trainer.logprobs import policy_output
+    from rlvr.trainer.logprobs import policy_output, shares_prompts
     from rlvr.trainer.lora import is_lora, reference_output
 
     temperature = recipe.rollout.temperature
     unwrapped = policy_of(accelerator.unwrap_model(model))
     if is_lora(unwrapped):
-        return None, reference_output(model, unwrapped, temperature)
+        return None, reference_output(model, unwrapped, temperature, shares_prompts(recipe))
     reference = make_reference(accelerator, policy_path, recipe)
-    return reference, policy_output(reference, temperature)
+    return reference, policy_output(reference, temperature, shares_prompts(recipe))
 
 
 @torch.no_grad()

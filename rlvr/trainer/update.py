@@ -26,7 +26,7 @@ from rlvr.config import Recipe
 from rlvr.trainer.batch import micro_batch_rows, micro_batches
 from rlvr.trainer.components import Component, Requests
 from rlvr.trainer.distributed import global_max, global_sums
-from rlvr.trainer.logprobs import response_logprobs
+from rlvr.trainer.logprobs import response_logprobs, shares_prompts
 from rlvr.types import RolloutBatch
 
 
@@ -137,6 +137,7 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
     loss_fn, loss_kwargs = ctx.policy_loss
     extra_fields = sorted(needs_of(loss_fn))
     entropy_grad = any(c.entropy_grad for c in ctx.components)
+    share_prompts = shares_prompts(recipe)
     batch = batch.to(acc.device)
     if update_needs(recipe) and batch.old_logprobs is None:
         raise ValueError("several optimizer steps per batch need batch.old_logprobs (see update_needs)")
@@ -194,7 +195,12 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                 kept = loss_mask(micro)  # [n, T]
                 with accumulation_step(acc, ctx.model, last=index == count - 1):
                     logprobs, entropy = response_logprobs(
-                        ctx.model, micro, temperature, with_entropy=True, entropy_grad=entropy_grad
+                        ctx.model,
+                        micro,
+                        temperature,
+                        with_entropy=True,
+                        entropy_grad=entropy_grad,
+                        share_prompts=share_prompts,
                     )
                     old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
                     extra = {name: getattr(micro, name) for name in extra_fields}

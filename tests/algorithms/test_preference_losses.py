@@ -140,7 +140,7 @@ def test_inpo_mixes_reference_and_previous_iterate():
     assert float(loss[0].detach()) == pytest.approx(20.6116)
     # with pi_t = pi_ref, INPO is IPO with tau = eta
     same = _inputs(old_chosen_logps=torch.tensor([-2.5]), old_rejected_logps=torch.tensor([-2.5]))
-    assert float(PREFERENCE_LOSSES.get("inpo")(same, eta=0.1, tau=0.01)[0][0]) == pytest.approx(16.0)
+    assert float(PREFERENCE_LOSSES.get("inpo")(same, eta=0.1, tau=0.01)[0][0].detach()) == pytest.approx(16.0)
     with pytest.raises(ValueError, match="tau"):
         PREFERENCE_LOSSES.get("inpo")(inputs, eta=0.1, tau=0.2)
 

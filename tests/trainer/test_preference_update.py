@@ -25,14 +25,18 @@ def tiny_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=64, num_heads=2, num_kv_heads=1)
 
 
-def random_batch(n: int = 8, p: int = 5, t: int = 6, vocab: int = 60, seed: int = 0) -> RolloutBatch:
+def random_batch(
+    n: int = 8, p: int = 5, t: int = 6, vocab: int = 60, seed: int = 0, group: int = 1
+) -> RolloutBatch:
+    """``n`` rows; with ``group`` > 1, each run of ``group`` rows shares its prompt."""
     g = torch.Generator().manual_seed(seed)
     prompt_mask = torch.ones(n, p, dtype=torch.long)
-    prompt_mask[::2, :2] = 0
+    prompt_mask[(torch.arange(n) // group) % 2 == 0, :2] = 0
     lengths = torch.randint(1, t + 1, (n,), generator=g)
     response_mask = (torch.arange(t)[None, :] < lengths[:, None]).float()  # [N, T]
+    prompts = torch.randint(3, vocab, (n // group, p), generator=g).repeat_interleave(group, 0)  # [N, P]
     return RolloutBatch(
-        prompt_ids=torch.randint(3, vocab, (n, p), generator=g) * prompt_mask,
+        prompt_ids=prompts * prompt_mask,
         prompt_mask=prompt_mask,
         response_ids=torch.randint(3, vocab, (n, t), generator=g),
         response_mask=response_mask,
@@ -70,7 +74,7 @@ def expected_delta(model, batch, chosen, rejected, loss, lr, kl=(None, None)):
 @pytest.mark.parametrize("micro", [2, 4, 8])
 def test_micro_batched_dpo_update_equals_full_batch_gradient(tiny_dir, micro):
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    batch = random_batch()
+    batch = random_batch(group=2)  # a pair's two answers share their prompt, which then runs once
     # pairs inside groups of two rows: (0, 1), (2, 3)->(3, 2) reversed, (5, 4), (6, 7)
     chosen, rejected = torch.tensor([0, 3, 5, 6]), torch.tensor([1, 2, 4, 7])
     loss = (PREFERENCE_LOSSES.get("dpo"), {"beta": 0.5, "label_smoothing": 0.0})

@@ -13,7 +13,7 @@ from rlvr.config import Recipe
 from rlvr.models import build_tiny_model
 from rlvr.trainer.batch import micro_batch_rows
 from rlvr.trainer.components import build_components
-from rlvr.trainer.logprobs import response_logprobs
+from rlvr.trainer.logprobs import last_logits, response_logprobs, shared_prompt_logits
 from rlvr.trainer.update import UpdateContext, micro_batches, policy_update
 from rlvr.types import RolloutBatch
 
@@ -23,14 +23,18 @@ def tiny_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=64, num_heads=2, num_kv_heads=1)
 
 
-def random_batch(n: int = 8, p: int = 5, t: int = 6, vocab: int = 60, seed: int = 0) -> RolloutBatch:
+def random_batch(
+    n: int = 8, p: int = 5, t: int = 6, vocab: int = 60, seed: int = 0, group: int = 1
+) -> RolloutBatch:
+    """``n`` rows; with ``group`` > 1, each run of ``group`` rows shares its prompt (a GRPO group)."""
     g = torch.Generator().manual_seed(seed)
     prompt_mask = torch.ones(n, p, dtype=torch.long)
-    prompt_mask[::2, :2] = 0  # some prompts left-padded
+    prompt_mask[(torch.arange(n) // group) % 2 == 0, :2] = 0  # some prompts left-padded
     lengths = torch.randint(1, t + 1, (n,), generator=g)
     response_mask = (torch.arange(t)[None, :] < lengths[:, None]).float()  # [N, T]
+    prompts = torch.randint(3, vocab, (n // group, p), generator=g).repeat_interleave(group, 0)  # [N, P]
     return RolloutBatch(
-        prompt_ids=torch.randint(3, vocab, (n, p), generator=g) * prompt_mask,
+        prompt_ids=prompts * prompt_mask,
         prompt_mask=prompt_mask,
         response_ids=torch.randint(3, vocab, (n, t), generator=g),
         response_mask=response_mask,
@@ -95,15 +99,21 @@ CASES += [
 # below every row (each row alone): 3 to 8 micro-batches where accumulation was configured for 1
 CASES += [(mode, 8, 0.0, True, budget) for mode in LOSS_AGGREGATIONS for budget in (24, 12)]
 CASES += [("token-mean", 8, 0.1, True, 5), ("seq-mean-token-mean", 4, 0.0, True, 16)]
+# rows in groups of 4 that share their prompt, each prompt run once per micro-batch (share_prompt_prefix)
+CASES = [(*case, 4, True) for case in CASES]
+# ... and without sharing: prompts that never repeat, or sharing off
+CASES += [(mode, 4, 0.0, True, None, 1, True) for mode in LOSS_AGGREGATIONS]
+CASES += [("token-mean", 2, 0.1, True, None, 4, False), ("seq-mean-token-mean", 8, 0.0, True, 12, 4, False)]
 
 
-@pytest.mark.parametrize(("mode", "micro", "entropy_coef", "by_length", "budget"), CASES)
+@pytest.mark.parametrize(("mode", "micro", "entropy_coef", "by_length", "budget", "group", "share"), CASES)
 def test_micro_batched_update_equals_full_batch_gradient(
-    tiny_dir, mode, micro, entropy_coef, by_length, budget
+    tiny_dir, mode, micro, entropy_coef, by_length, budget, group, share
 ):
     """Rows dealt into micro-batches by length (or in order), or packed up to a token budget, each cut to
-    its own longest row: the accumulated step is the full-batch gradient step, for every aggregation
-    mode, whatever the number of micro-batches."""
+    its own longest row, each distinct prompt of a micro-batch run once or not: the accumulated step is
+    the full-batch gradient step (every row run whole, at once), for every aggregation mode, whatever the
+    number of micro-batches."""
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     recipe = Recipe.model_validate(
@@ -114,13 +124,14 @@ def test_micro_batched_update_equals_full_batch_gradient(
                 "max_grad_norm": 1e9,
                 "sort_by_length": by_length,
                 "max_tokens_per_micro_batch": budget,
+                "share_prompt_prefix": share,
             },
         }
     )
+    batch = random_batch(group=group)
     if budget is not None:  # the budget really changes the number of micro-batches
-        assert len(micro_batch_rows(random_batch(), micro, True, budget)) > 8 // micro
+        assert len(micro_batch_rows(batch, micro, True, budget)) > 8 // micro
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    batch = random_batch()
     lr = 0.5
     expected = reference_delta(model, batch, mode, lr, entropy_coef)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -162,6 +173,46 @@ def test_token_weights_scale_tokens_and_zero_weights_leave_the_counts(tiny_dir, 
     model, _ = sgd_update(model, recipe, batch, lr, micro=2)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.detach() - before[name], expected[name], atol=1e-6, rtol=1e-4)
+
+
+def test_shared_prompt_forward_runs_each_prompt_once_with_the_full_forwards_values_and_gradient(tiny_dir):
+    """Prefix Grouper's shared-prefix forward on the key/value cache: two distinct prompts (one left-padded)
+    of 8 interleaved rows, one with an empty response, run as 2 prompt rows then 8 response rows; the
+    response logits and the gradient of a loss on them equal the full forward's."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    batch = random_batch(n=8, group=4).select(torch.tensor([0, 4, 1, 5, 2, 6, 3, 7]))
+    batch.response_mask[3] = 0.0
+    mask = batch.response_mask  # [8, 6]
+    weights = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+    shapes = []
+    model.model.embed_tokens.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+
+    def run(share: bool):
+        model.zero_grad()
+        logits = last_logits(model, batch, share)  # [8, 6, V]
+        logp = logits.float().log_softmax(-1).gather(-1, batch.response_ids[..., None])[..., 0]
+        (logp * weights * mask).sum().backward()
+        return logits.detach() * mask[..., None], {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    full_logits, full_grads = run(False)
+    assert shapes == [(8, 5 + 6)]
+    shapes.clear()
+    shared_logits, shared_grads = run(True)
+    assert shapes == [(2, 5 - 1), (8, 1 + 5)]  # the prompts but their last token; last token + response[:-1]
+    torch.testing.assert_close(shared_logits, full_logits, atol=1e-5, rtol=1e-5)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4)
+    # no prompt repeats, or prompts of one token: the same two passes (every process runs the same graph)
+    for batch, prefix in ((random_batch(group=1), (8, 4)), (random_batch(p=1, group=4), (2, 1))):
+        shapes.clear()
+        logits = shared_prompt_logits(model, batch)
+        assert shapes == [prefix, (8, 6)]
+        torch.testing.assert_close(
+            logits * batch.response_mask[..., None],
+            last_logits(model, batch) * batch.response_mask[..., None],
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_micro_batches_group_rows_by_length_and_cut_the_padding():
