@@ -16,6 +16,14 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def row_attention(batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(attention [N, P+T], position_ids [N, P+T])`` of the rows ``prompt + response``: the prompt's and
+    the response's padding masked, and positions counted over real tokens only (a left-padded prompt
+    starts at 0; padding gets position 0)."""
+    attention = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)  # [N, P+T]
+    return attention, (attention.cumsum(dim=1) - 1).clamp(min=0)
+
+
 def micro_batch_rows(
     batch: RolloutBatch,
     size: int,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification
 
+from rlvr.trainer.batch import row_attention
 from rlvr.types import RolloutBatch
 
 
@@ -40,8 +41,7 @@ class PolicyWithCritic(torch.nn.Module):
     def values(self, batch: RolloutBatch) -> torch.Tensor:
         """``[N, T]`` value V(s_t) of the state before each response token (prompt + tokens < t)."""
         input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)  # [N, P+T]
-        attention = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)  # [N, P+T]
-        position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+T]
+        attention, position_ids = row_attention(batch)  # [N, P+T] each
         out = self.critic(input_ids=input_ids, attention_mask=attention, position_ids=position_ids)
         width_p, width_t = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
         # position P-1+t has seen the prompt and tokens < t: the state in which token t is chosen

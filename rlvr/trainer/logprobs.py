@@ -23,7 +23,7 @@ import torch
 
 from rlvr.algorithms import minp_proxy_logprobs
 from rlvr.registry import Registry
-from rlvr.trainer.batch import micro_batch_rows
+from rlvr.trainer.batch import micro_batch_rows, row_attention
 from rlvr.types import RolloutBatch
 
 if TYPE_CHECKING:
@@ -40,8 +40,7 @@ def last_logits(model: torch.nn.Module, batch: RolloutBatch, share_prompts: bool
     if share_prompts:
         return shared_prompt_logits(model, batch)
     input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)  # [N, P+T]
-    attention = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)  # [N, P+T]
-    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+T]
+    attention, position_ids = row_attention(batch)  # [N, P+T] each
     width_t = batch.response_ids.shape[1]
     out = model(
         input_ids=input_ids,
@@ -86,8 +85,7 @@ def shared_prompt_logits(model: torch.nn.Module, batch: RolloutBatch) -> torch.T
         )
     width_p, width_t = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
     first, inverse = distinct_prompts(batch)
-    attention = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)  # [N, P+T]
-    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+T]
+    attention, position_ids = row_attention(batch)  # [N, P+T] each
     prefix = model(
         input_ids=batch.prompt_ids[first, :-1],  # [U, P-1]
         attention_mask=attention[first, : width_p - 1],

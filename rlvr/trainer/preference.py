@@ -157,6 +157,7 @@ def preference_update(
     ctx.model.train()
     mini = len(batch) // train.num_mini_batches
     scale = acc.num_processes * ctx.grad_accum
+    share_prompts = shares_prompts(ctx.recipe)
     sums: dict[str, float] = defaultdict(float)
     weights: dict[str, float] = defaultdict(float)
     for _epoch in range(train.epochs):
@@ -181,9 +182,7 @@ def preference_update(
                 )
                 mask = micro.response_mask  # [n, T]
                 with acc.accumulate(ctx.model):
-                    logprobs, _ = response_logprobs(
-                        ctx.model, micro, temperature, share_prompts=shares_prompts(ctx.recipe)
-                    )  # [n, T]
+                    logprobs, _ = response_logprobs(ctx.model, micro, temperature, share_prompts)  # [n, T]
                     seq = sequence_logps(logprobs, mask)  # [n]
                     inputs = preference_inputs(seq, micro, c, r, kl)
                     per_pair, metrics = loss_fn(inputs, **loss_kwargs)  # [p]

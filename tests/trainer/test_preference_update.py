@@ -9,6 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from batches import random_batch
 from transformers import AutoModelForCausalLM
 
 from rlvr.algorithms import PREFERENCE_LOSSES
@@ -17,35 +18,11 @@ from rlvr.models import build_tiny_model
 from rlvr.trainer.logprobs import response_logprobs
 from rlvr.trainer.preference import online_preference_update, pair_batch, preference_inputs, preference_update
 from rlvr.trainer.update import UpdateContext
-from rlvr.types import RolloutBatch
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=64, num_heads=2, num_kv_heads=1)
-
-
-def random_batch(
-    n: int = 8, p: int = 5, t: int = 6, vocab: int = 60, seed: int = 0, group: int = 1
-) -> RolloutBatch:
-    """``n`` rows; with ``group`` > 1, each run of ``group`` rows shares its prompt."""
-    g = torch.Generator().manual_seed(seed)
-    prompt_mask = torch.ones(n, p, dtype=torch.long)
-    prompt_mask[(torch.arange(n) // group) % 2 == 0, :2] = 0
-    lengths = torch.randint(1, t + 1, (n,), generator=g)
-    response_mask = (torch.arange(t)[None, :] < lengths[:, None]).float()  # [N, T]
-    prompts = torch.randint(3, vocab, (n // group, p), generator=g).repeat_interleave(group, 0)  # [N, P]
-    return RolloutBatch(
-        prompt_ids=prompts * prompt_mask,
-        prompt_mask=prompt_mask,
-        response_ids=torch.randint(3, vocab, (n, t), generator=g),
-        response_mask=response_mask,
-        engine_logprobs=torch.zeros(n, t),
-        sequence_rewards=torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0])[:n],
-        group_index=torch.arange(n) // 4,
-        truncated=torch.zeros(n, dtype=torch.bool),
-        ref_logprobs=-torch.rand(n, t, generator=g) * 3 * response_mask,
-    )
 
 
 def context(model, micro: int, lr: float):

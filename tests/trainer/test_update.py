@@ -6,6 +6,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from batches import random_batch
 from transformers import AutoModelForCausalLM
 
 from rlvr.algorithms import ADVANTAGES, LOSS_AGGREGATIONS, aggregate, ppo_clip_loss
@@ -21,29 +22,6 @@ from rlvr.types import RolloutBatch
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=64, num_heads=2, num_kv_heads=1)
-
-
-def random_batch(
-    n: int = 8, p: int = 5, t: int = 6, vocab: int = 60, seed: int = 0, group: int = 1
-) -> RolloutBatch:
-    """``n`` rows; with ``group`` > 1, each run of ``group`` rows shares its prompt (a GRPO group)."""
-    g = torch.Generator().manual_seed(seed)
-    prompt_mask = torch.ones(n, p, dtype=torch.long)
-    prompt_mask[(torch.arange(n) // group) % 2 == 0, :2] = 0  # some prompts left-padded
-    lengths = torch.randint(1, t + 1, (n,), generator=g)
-    response_mask = (torch.arange(t)[None, :] < lengths[:, None]).float()  # [N, T]
-    prompts = torch.randint(3, vocab, (n // group, p), generator=g).repeat_interleave(group, 0)  # [N, P]
-    return RolloutBatch(
-        prompt_ids=prompts * prompt_mask,
-        prompt_mask=prompt_mask,
-        response_ids=torch.randint(3, vocab, (n, t), generator=g),
-        response_mask=response_mask,
-        engine_logprobs=torch.zeros(n, t),
-        sequence_rewards=torch.zeros(n),
-        group_index=torch.arange(n) // 4,
-        truncated=torch.zeros(n, dtype=torch.bool),
-        advantages=torch.randn(n, 1, generator=g).expand(n, t) * response_mask,
-    )
 
 
 def reference_delta(
