@@ -1,7 +1,7 @@
 """The update alone, on one fixed anchor-shaped batch: an A/B of update levers without rollout noise.
 
     python scripts/bench_update.py [--set key=value ...] [--idle-groups 0.25] [--repeats 3] [--profile]
-                                   [--ab train.share_prompt_prefix]
+                                   [--ab train.share_prompt_prefix] [--dealing]
 
 Builds the anchor's policy (``recipes/bench/grpo_anchor_smollm2.yaml``, float32 weights, bf16 autocast as
 its ``train.mixed_precision`` says, AdamW) and a seeded batch shaped like an anchor step: 8 prompts x 8
@@ -10,7 +10,9 @@ samples (a group's samples share their prompt), prompts of 36-44 tokens, respons
 advantage 0 (prompts whose samples all got one reward). Runs :func:`rlvr.trainer.update.policy_update`
 once to warm up, then ``--repeats`` times, and prints each time, the median and the update against its
 compute floor (6 x parameters x real tokens at this machine's matmul peak in the update's dtype, as
-``scripts/bench_step.py``). ``--profile`` adds a torch profiler table of one more update.
+``scripts/bench_step.py``). ``--profile`` adds a torch profiler table of one more update. ``--dealing``
+prints, without running a model, the tokens the shared-prompt forward runs on the batch's micro-batches
+when they are dealt by length (the default), by whole prompt groups, or in batch order.
 
 The accelerator, policy and optimizer are set up as the trainer sets them up, so the same update runs
 under DeepSpeed (bf16 weights with float32 master weights, instead of autocast) when launched with a
@@ -63,6 +65,32 @@ def anchor_batch(idle_groups: float, rows: int = 64, group: int = 8, seed: int =
     )
 
 
+def shared_forward_tokens(batch: RolloutBatch, micros: list[torch.Tensor]) -> tuple[int, list[int]]:
+    """Tokens (padding included) that :func:`rlvr.trainer.logprobs.shared_prompt_logits` runs on these
+    micro-batches, ``U x (P - 1) + n x T`` each, and the distinct prompts ``U`` of each."""
+    from rlvr.trainer.logprobs import distinct_prompts
+
+    total, prompts = 0, []
+    for rows in micros:
+        micro = batch.select(rows).trimmed()
+        first, _ = distinct_prompts(micro)
+        total += len(first) * (micro.prompt_ids.shape[1] - 1) + len(rows) * micro.response_ids.shape[1]
+        prompts.append(len(first))
+    return total, prompts
+
+
+def print_dealing(batch: RolloutBatch, micro: int) -> None:
+    from rlvr.trainer.batch import micro_batch_rows
+
+    for name, kwargs in (
+        ("by length", dict(by_length=True)),
+        ("whole groups, by length", dict(by_length=True, whole_groups=True)),
+        ("batch order", dict(by_length=False)),
+    ):
+        total, prompts = shared_forward_tokens(batch, micro_batch_rows(batch, micro, **kwargs))
+        print(f"{name}: {total} tokens; distinct prompts per micro-batch {prompts}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -71,6 +99,7 @@ def main() -> int:
     parser.add_argument("--idle-groups", type=float, default=0.0, help="share of groups with advantage 0")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--dealing", action="store_true", help="tokens of each dealing, then exit")
     parser.add_argument(
         "--ab",
         metavar="SECTION.KEY",
@@ -89,6 +118,9 @@ def main() -> int:
         parser.error("one process only (accelerate launch --num_processes 1)")
     torch.manual_seed(0)
     batch = anchor_batch(args.idle_groups)
+    if args.dealing:
+        print_dealing(batch, recipe.batch_layout(1)["micro_batch"])
+        return 0
     dtype = "bfloat16" if recipe.train.mixed_precision == "bf16" else "float32"  # the update's matmuls
     peak = matmul_peak_gflops(dtype)
     layout = recipe.batch_layout(1)  # as the trainer sets itself up (rlvr.train.build)

@@ -193,6 +193,40 @@ def test_shared_prompt_forward_runs_each_prompt_once_with_the_full_forwards_valu
         )
 
 
+@pytest.mark.parametrize("family", ["gemma2", "mistral"])
+def test_shared_prompt_forward_is_exact_under_sliding_window_attention(family):
+    """A sliding window of 4 tokens, shorter than a row (7 + 8): every layer (Mistral) or every other
+    layer (Gemma2, alternating with full attention). The cache keeps only the window, and the shared
+    forward still gives the full forward's logits and gradient."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, MistralConfig, MistralForCausalLM
+
+    config_class, model_class = {
+        "gemma2": (Gemma2Config, Gemma2ForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+    }[family]
+    shape = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+    heads = dict(num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    torch.manual_seed(0)
+    model = model_class(config_class(**shape, **heads, sliding_window=4))
+    wide = model_class(config_class(**shape, **heads, sliding_window=64))
+    wide.load_state_dict(model.state_dict())
+    batch = random_batch(n=8, p=7, t=8, group=4)
+    mask = batch.response_mask.bool()  # [8, 8]
+
+    def run(share: bool):
+        model.zero_grad()
+        logits = last_logits(model, batch, share)[mask]  # [tokens, V]
+        (logits**2).mean().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    full_logits, full_grads = run(False)
+    assert (full_logits - last_logits(wide, batch)[mask]).abs().max() > 0.1  # the window matters here
+    shared_logits, shared_grads = run(True)
+    torch.testing.assert_close(shared_logits, full_logits, atol=1e-5, rtol=1e-5)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4)
+
+
 def test_micro_batches_group_rows_by_length_and_cut_the_padding():
     batch = random_batch(n=6, p=5, t=6, seed=3)
     lengths = (batch.response_mask.sum(1) + batch.prompt_mask.sum(1)).tolist()
