@@ -132,7 +132,8 @@ def update_with_gradient(trainer, batch) -> tuple[dict[str, float], dict[str, to
 
         def step(*args, **kwargs):
             if not grads and trainer.accelerator.sync_gradients:
-                record((name, p.grad) for name, p in model.named_parameters() if p.grad is not None)
+                unwrapped = trainer.accelerator.unwrap_model(model)  # DDP's names without "module."
+                record((name, p.grad) for name, p in unwrapped.named_parameters() if p.grad is not None)
             return optimizer_step(*args, **kwargs)
 
         trainer.ctx.optimizer.step = step

@@ -1,5 +1,5 @@
 """Data-parallel correctness: 1 and 2 processes give the same advantages, token weights and gradient on the
-same global batch (real DeepSpeed ZeRO-2 processes over gloo)."""
+same global batch (real DeepSpeed ZeRO-2 processes over gloo, and plain DistributedDataParallel)."""
 
 import pytest
 import torch
@@ -27,7 +27,14 @@ CASES = {
 }
 
 
-def dumps(tmp_path, overrides: list[str], processes: int) -> list[dict]:
+LAUNCHES = [(case, "zero2") for case in sorted(CASES)] + [
+    # torch DDP without DeepSpeed: each micro-batch calls the wrapped model twice (the shared prompts,
+    # then the responses) before its one backward, and accumulation runs under DDP's no_sync
+    ("batch_norm+skipped", "ddp"),
+]
+
+
+def dumps(tmp_path, overrides: list[str], processes: int, config: str = "zero2") -> list[dict]:
     out = tmp_path / f"p{processes}"
     script = str(ROOT / "tests/scripts/dp_batch.py")
     common = [
@@ -38,7 +45,7 @@ def dumps(tmp_path, overrides: list[str], processes: int) -> list[dict]:
     ]
     run(
         accelerate(
-            "recipes/accelerate/zero2.yaml",
+            f"recipes/accelerate/{config}.yaml",
             script,
             str(out),
             str(TINY_RECIPE),
@@ -50,10 +57,10 @@ def dumps(tmp_path, overrides: list[str], processes: int) -> list[dict]:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_one_and_two_processes_agree_on_the_same_global_batch(tmp_path, case):
-    (one,) = dumps(tmp_path, CASES[case], 1)
-    two = dumps(tmp_path, CASES[case], 2)
+@pytest.mark.parametrize(("case", "config"), LAUNCHES)
+def test_one_and_two_processes_agree_on_the_same_global_batch(tmp_path, case, config):
+    (one,) = dumps(tmp_path, CASES[case], 1, config)
+    two = dumps(tmp_path, CASES[case], 2, config)
     start = 0
     for rank in two:
         rows, width = rank["advantages"].shape

@@ -163,15 +163,19 @@ def make_accelerator(
     to the trackers ``report_to`` (files of local ones under ``logging_dir``)."""
     handlers = []
     launched = "LOCAL_RANK" in os.environ  # accelerate launch / torchrun: a process group will be created
+    use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     if _on_cpu() and launched:
         # Without gloo every CPU rank would think it is alone. DeepSpeed's CPU comm op would be compiled
         # with g++ on first use (~2 min); torch's gloo collectives are enough here.
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        if use_deepspeed:
             import deepspeed.ops
 
             deepspeed.ops.__compatible_ops__ = {}
     return Accelerator(
+        # without DeepSpeed, CPU processes are data-parallel only as accelerate's MULTI_CPU (gathers,
+        # DistributedDataParallel); a GPU launch config would otherwise leave each process on its own
+        cpu=_on_cpu() and launched and not use_deepspeed,
         gradient_accumulation_steps=grad_accum,
         mixed_precision=mixed_precision,
         kwargs_handlers=handlers,
