@@ -281,9 +281,11 @@ class SamplingSettings(_Section):
 class RolloutConfig(SamplingSettings):
     engine: str = "vllm"
     """Rollout engine (registry: rlvr.rollout.ENGINES): vllm, or hf (transformers generate, reference)."""
-    dtype: Literal["float32", "bfloat16"] | None = None
-    """Engine weights dtype; None: model.dtype. bfloat16 generates ~1.7x faster on CPU (docs/benchmarks.md);
-    the trainer's log-probs stay its own, the gap shows in actor/engine_logprob_gap."""
+    dtype: Literal["float32", "bfloat16", "auto"] | None = None
+    """Engine weights dtype; None: model.dtype. bfloat16 generates ~1.7x faster on CPUs with native bf16
+    (docs/benchmarks.md); the trainer's log-probs stay its own, the gap shows in actor/engine_logprob_gap.
+    auto: bfloat16 where this machine computes it natively (a GPU with bf16, a CPU with AVX512-BF16 or
+    AMX), else float32 (a CPU without it emulates bf16 matmuls, ~100x slower than float32)."""
     num_generations: int = Field(8, ge=1)
     """G: samples per prompt."""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
@@ -539,9 +541,10 @@ class TrainConfig(_Section):
     """Linear learning-rate warm-up over this many optimizer steps, then constant."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient clipping by global norm."""
-    mixed_precision: Literal["no", "bf16"] | None = None
+    mixed_precision: Literal["no", "bf16", "auto"] | None = None
     """bf16: autocast forward/backward in bfloat16 with fp32 master weights (2-3x faster on CPUs with
-    AVX-512 bf16 and on GPUs). None: as the accelerate config / launcher says."""
+    AVX-512 bf16 and on GPUs). None: as the accelerate config / launcher says. auto: bf16 where this
+    machine computes bfloat16 natively (as rollout.dtype: auto), else no."""
 
 
 class EvalConfig(_Section):

@@ -128,7 +128,7 @@ def main() -> int:
     accelerator = make_accelerator(grad_accum, recipe.train.mixed_precision)
     configure_deepspeed(accelerator, micro, grad_accum, recipe)
     model = load_policy(str(resolve_model(recipe.model.name_or_path)), recipe)
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: partitioned
     optimizer, scheduler = make_optimizer(model, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
     ctx = UpdateContext(

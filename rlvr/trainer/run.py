@@ -14,7 +14,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from rlvr.config import Recipe, RecipeError, dump_recipe
-from rlvr.console import say
+from rlvr.console import is_main_rank, say
 from rlvr.data import PromptStats, make_sampler
 from rlvr.trainer.checkpoint import (
     STATE_FILE,
@@ -27,7 +27,13 @@ from rlvr.trainer.checkpoint import (
 )
 from rlvr.trainer.distributed import gathered_objects
 from rlvr.trainer.metrics import tracker_dir
-from rlvr.trainer.setup import configure_deepspeed, make_accelerator, warn_if_bf16_is_emulated
+from rlvr.trainer.setup import (
+    bf16_is_native,
+    configure_deepspeed,
+    make_accelerator,
+    resolve_auto_precision,
+    warn_if_bf16_is_emulated,
+)
 
 
 def start_run(recipe: Recipe, layout: dict[str, int]) -> tuple:
@@ -36,6 +42,9 @@ def start_run(recipe: Recipe, layout: dict[str, int]) -> tuple:
     Returns ``(accelerator, run_dir, changes, checkpoint)``; ``changes`` and ``checkpoint`` are None for a
     run that starts at step 1."""
     run_dir = Path(recipe.run.output_dir)
+    chosen = resolve_auto_precision(recipe, bf16_is_native())  # before recipe.yaml is written
+    if chosen and is_main_rank():
+        say(chosen)
     accelerator = make_accelerator(
         layout["grad_accum"], recipe.train.mixed_precision, recipe.run.report_to, tracker_dir(run_dir)
     )

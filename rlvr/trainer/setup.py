@@ -50,6 +50,31 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def bf16_is_native() -> bool:
+    """Whether this machine computes bfloat16 natively: a CUDA GPU that supports it, else a CPU with
+    AVX512-BF16 or AMX (a CPU whose flags cannot be read counts as not: float32 is the safe guess)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(cpu_has_native_bf16())
+
+
+def resolve_auto_precision(recipe: Recipe, native_bf16: bool) -> str | None:
+    """Set ``train.mixed_precision`` and ``rollout.dtype`` given as ``auto`` (in place): bf16 where this
+    machine computes bfloat16 natively (``native_bf16``), else float32. Returns a line saying what was
+    chosen, or None when neither key was ``auto``."""
+    chosen = []
+    if recipe.train.mixed_precision == "auto":
+        recipe.train.mixed_precision = "bf16" if native_bf16 else "no"
+        chosen.append(f"train.mixed_precision={recipe.train.mixed_precision}")
+    if recipe.rollout.dtype == "auto":
+        recipe.rollout.dtype = "bfloat16" if native_bf16 else "float32"
+        chosen.append(f"rollout.dtype={recipe.rollout.dtype}")
+    if not chosen:
+        return None
+    why = "this machine computes bfloat16 natively" if native_bf16 else "no native bfloat16 here"
+    return f"precision auto: {', '.join(chosen)} ({why})"
+
+
 def engine_options(recipe: Recipe, device: str = "cpu", process_index: int = 0) -> EngineOptions:
     """The rollout engine's options for ``recipe`` on ``device`` (each process seeds its engine apart).
 
@@ -62,8 +87,11 @@ def engine_options(recipe: Recipe, device: str = "cpu", process_index: int = 0) 
             f"training process's GPU alone, so it cannot shard over {r.tensor_parallel_size}; set "
             "rollout.mode: server to shard the engine over GPUs of its own"
         )
+    dtype = r.dtype or recipe.model.dtype
+    if dtype == "auto":  # a rollout server resolves it on its own machine (the trainer did in start_run)
+        dtype = "bfloat16" if bf16_is_native() else "float32"
     return EngineOptions(
-        dtype=r.dtype or recipe.model.dtype,
+        dtype=dtype,
         max_model_len=r.max_model_len or recipe.data.max_prompt_tokens + r.max_tokens,
         seed=recipe.run.seed + process_index,
         gpu_memory_utilization=r.gpu_memory_utilization,
@@ -145,7 +173,7 @@ def warn_if_bf16_is_emulated(recipe: Recipe, mixed_precision: str | None, on_cpu
         keys.append("rollout.dtype=float32")
     warnings = [
         f"this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16): bf16 matmuls are emulated and much "
-        f"slower than fp32 here; pass {key} for speed"
+        f"slower than fp32 here; pass {key} (or auto: bf16 only where native) for speed"
         for key in keys
     ]
     for warning in warnings:

@@ -22,12 +22,37 @@ def test_bf16_on_an_emulating_cpu_is_warned_about(monkeypatch):
     monkeypatch.setattr(setup, "cpu_has_native_bf16", lambda: False)
     warnings = setup.warn_if_bf16_is_emulated(recipe, "bf16", on_cpu=True)
     assert [w.rsplit("pass ", 1)[1] for w in warnings] == [
-        "train.mixed_precision=no for speed",
-        "rollout.dtype=float32 for speed",
+        "train.mixed_precision=no (or auto: bf16 only where native) for speed",
+        "rollout.dtype=float32 (or auto: bf16 only where native) for speed",
     ]
     assert setup.warn_if_bf16_is_emulated(recipe, "bf16", on_cpu=False) == []  # GPUs: not this check
     monkeypatch.setattr(setup, "cpu_has_native_bf16", lambda: True)
     assert setup.warn_if_bf16_is_emulated(recipe, "bf16", on_cpu=True) == []
+
+
+@pytest.mark.parametrize(
+    ("native", "update", "engine"), [(True, "bf16", "bfloat16"), (False, "no", "float32")]
+)
+def test_auto_precision_is_bf16_only_where_it_is_native(native, update, engine):
+    recipe = Recipe.model_validate(
+        {"data": {"path": "x.jsonl"}, "rollout": {"dtype": "auto"}, "train": {"mixed_precision": "auto"}}
+    )
+    line = setup.resolve_auto_precision(recipe, native_bf16=native)
+    assert (recipe.train.mixed_precision, recipe.rollout.dtype) == (update, engine)
+    assert line.startswith(f"precision auto: train.mixed_precision={update}, rollout.dtype={engine} (")
+    # keys given explicitly stay as they are, and nothing is said
+    recipe = Recipe.model_validate({"data": {"path": "x.jsonl"}, "train": {"mixed_precision": "bf16"}})
+    assert setup.resolve_auto_precision(recipe, native_bf16=native) is None
+    assert (recipe.train.mixed_precision, recipe.rollout.dtype) == ("bf16", None)
+
+
+def test_bf16_is_native_on_a_cpu_only_with_the_flags(monkeypatch):
+    monkeypatch.setattr(setup.torch.cuda, "is_available", lambda: False)
+    for flags, native in ((True, True), (False, False), (None, False)):  # unknown flags: float32
+        monkeypatch.setattr(setup, "cpu_has_native_bf16", lambda flags=flags: flags)
+        assert setup.bf16_is_native() is native
+    recipe = Recipe.model_validate({"data": {"path": "x.jsonl"}, "rollout": {"dtype": "auto"}})
+    assert setup.engine_options(recipe).dtype == "float32"  # a rollout server resolves auto itself
 
 
 def test_engine_options_share_the_gpu_only_when_colocated_on_one():
