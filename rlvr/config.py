@@ -285,7 +285,7 @@ class RolloutConfig(SamplingSettings):
     """Engine weights dtype; None: model.dtype. bfloat16 generates ~1.7x faster on CPUs with native bf16
     (docs/benchmarks.md); the trainer's log-probs stay its own, the gap shows in actor/engine_logprob_gap.
     auto: bfloat16 where this machine computes it natively (a GPU with bf16, a CPU with AVX512-BF16 or
-    AMX), else float32 (a CPU without it emulates bf16 matmuls, ~100x slower than float32)."""
+    AMX), else float32 (a CPU without it emulates bf16 matmuls, 25-100x slower than float32)."""
     num_generations: int = Field(8, ge=1)
     """G: samples per prompt."""
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
