@@ -110,10 +110,18 @@ def main() -> int:
 
     from rlvr.config import load_recipe
     from rlvr.models import resolve_model
-    from rlvr.trainer.setup import configure_deepspeed, load_policy, make_accelerator, make_optimizer
+    from rlvr.trainer.setup import (
+        bf16_is_native,
+        configure_deepspeed,
+        load_policy,
+        make_accelerator,
+        make_optimizer,
+        resolve_auto_precision,
+    )
     from rlvr.trainer.update import UpdateContext, policy_update
 
     recipe = load_recipe(ANCHOR, ["rollout.engine=hf", *args.overrides])
+    resolve_auto_precision(recipe, bf16_is_native())  # as the trainer does, for --set ...=auto
     if int(os.environ.get("WORLD_SIZE", "1")) != 1:
         parser.error("one process only (accelerate launch --num_processes 1)")
     torch.manual_seed(0)
