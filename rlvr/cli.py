@@ -124,7 +124,7 @@ def _rollout_server(args: argparse.Namespace) -> int:
     from rlvr.config import RecipeError, load_recipe
     from rlvr.models import resolve_model
     from rlvr.rollout.server import serve
-    from rlvr.trainer.setup import engine_options
+    from rlvr.trainer.setup import bf16_is_native, engine_options, resolve_auto_precision
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -133,6 +133,9 @@ def _rollout_server(args: argparse.Namespace) -> int:
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    chosen = resolve_auto_precision(recipe, bf16_is_native())  # on the server's own machine
+    if chosen:
+        logging.getLogger("rlvr.rollout.server").info(chosen)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model_path = str(resolve_model(recipe.model.name_or_path))
     serve(recipe.rollout.engine, model_path, engine_options(recipe, device), args.host, args.port)

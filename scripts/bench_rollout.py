@@ -51,9 +51,10 @@ def recipe_rates(recipe_path: str, repeats: int, overrides: list[str], variants:
 
     from rlvr.config import load_recipe
     from rlvr.trainer.collect import sampling_config
-    from rlvr.trainer.setup import engine_options
+    from rlvr.trainer.setup import bf16_is_native, engine_options, resolve_auto_precision
 
     recipe = load_recipe(recipe_path, overrides)
+    resolve_auto_precision(recipe, bf16_is_native())  # as the trainer does
     path = str(resolve_model(recipe.model.name_or_path))
     rows = load_prompts(recipe.data, AutoTokenizer.from_pretrained(path))
     k = recipe.train.prompts_per_step

@@ -15,6 +15,13 @@ CASES = {
     ],
     # DGPO's question weights: a softmax over the batch's questions
     "dgpo": ["algorithm.advantage=dgpo"],
+    # group means, the batch's std (Lite PPO); truncated importance weights against the engine's log-probs
+    "lite_ppo+tis": ["algorithm.advantage=lite_ppo", "algorithm.token_weights=[{name: tis}]"],
+    # REINFORCE++: group means, then the mean and std over all tokens of the batch; the engine-mismatch mask
+    "reinforce_pp+mismatch": [
+        "algorithm.advantage=reinforce_pp",
+        "algorithm.token_weights=[{name: mismatch_mask}]",
+    ],
     # a token budget: each process deals its rows into as many micro-batches as the busiest one needs
     "batch_norm+budget": ["algorithm.advantage=batch_norm", "train.max_tokens_per_micro_batch=150"],
     # rows without a trained token (truncated, masked) are skipped: the processes skip different numbers

@@ -133,10 +133,13 @@ class HFEngine:
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        params = dict(self.model.named_parameters())
+        """Copy HF-named tensors into the model; a name it does not have is an error (a sync that changed
+        nothing would go unnoticed). Tied weights arrive under each of their names."""
+        params = dict(self.model.named_parameters(remove_duplicate=False))
         for name, tensor in named_tensors:
-            if name in params:
-                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+            if name not in params:
+                raise KeyError(f"weight sync: the engine's model has no parameter named {name!r}")
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
     receivers = 1
     """Processes that receive broadcast weights: this one."""

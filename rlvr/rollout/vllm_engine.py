@@ -233,12 +233,13 @@ class VLLMEngine:
         return completions
 
     def release_memory(self) -> None:
-        """GPU, sharing it with the trainer: sleep (KV cache freed, weights offloaded to the CPU) until
-        the next weight update."""
+        """GPU, sharing it with the trainer: sleep (KV cache and weights freed) until the next weight
+        update, which refills every weight."""
         if self.shares_gpu and not self.asleep:
-            # level 1 keeps a CPU copy of the weights: level 2 would drop them too, but also the
-            # buffers (rotary caches) that no weight update restores
-            self.llm.sleep(level=1)
+            # level 2, vLLM's sleep for a weight update: nothing is copied to the CPU but the buffers
+            # (rotary caches), which waking the weights restores; level 1 would copy the whole model
+            # out and back every step only for the update to overwrite it
+            self.llm.sleep(level=2)
             self.asleep = {"weights", "kv_cache"}
 
     def _wake(self, *tags: str) -> None:

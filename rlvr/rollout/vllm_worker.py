@@ -15,7 +15,7 @@ class WeightSyncExtension:
         from safetensors.torch import load_file
 
         weights = load_file(path)
-        self.model_runner.reload_weights(weights_iterator=list(weights.items()))
+        self.reload_weights(weights_iterator=list(weights.items()))  # the worker's: under vLLM's config
 
     def rlvr_join_weight_group(self, info: dict) -> None:
         """Join the trainer's weight group (:mod:`rlvr.rollout.broadcast`) as rank_offset + this worker's
@@ -30,6 +30,6 @@ class WeightSyncExtension:
         from rlvr.rollout.broadcast import receive_weights
 
         stream = receive_weights(self.rlvr_weight_group, self.device)
-        self.model_runner.reload_weights(weights_iterator=stream)
+        self.reload_weights(weights_iterator=stream)
         for _ in stream:  # the end marker, should the loader stop before it
             pass

@@ -32,6 +32,7 @@ from rlvr.trainer.setup import (
     configure_deepspeed,
     make_accelerator,
     resolve_auto_precision,
+    warn_if_async_is_uncorrected,
     warn_if_bf16_is_emulated,
 )
 
@@ -50,6 +51,7 @@ def start_run(recipe: Recipe, layout: dict[str, int]) -> tuple:
     )
     if accelerator.is_main_process:
         warn_if_bf16_is_emulated(recipe, accelerator.mixed_precision, accelerator.device.type == "cpu")
+        warn_if_async_is_uncorrected(recipe)
     configure_deepspeed(accelerator, layout["micro_batch"], layout["grad_accum"], recipe)
     set_seed(recipe.run.seed, device_specific=False)
     changes = prepare_run_dir(run_dir, recipe, accelerator.is_main_process)

@@ -88,8 +88,8 @@ def engine_options(recipe: Recipe, device: str = "cpu", process_index: int = 0) 
             "rollout.mode: server to shard the engine over GPUs of its own"
         )
     dtype = r.dtype or recipe.model.dtype
-    if dtype == "auto":  # a rollout server resolves it on its own machine (the trainer did in start_run)
-        dtype = "bfloat16" if bf16_is_native() else "float32"
+    if dtype == "auto":  # vLLM would read "auto" as the checkpoint's dtype, which is not rlvr's auto
+        raise ValueError("rollout.dtype auto: call resolve_auto_precision on this machine first")
     return EngineOptions(
         dtype=dtype,
         max_model_len=r.max_model_len or recipe.data.max_prompt_tokens + r.max_tokens,
@@ -162,6 +162,26 @@ def make_engine(recipe: Recipe, accelerator: Accelerator, model_path: str, run_d
     return pool, options
 
 
+LAG_CORRECTIONS = ("tis", "mismatch_mask")
+"""Token weights that correct for samples drawn by an older policy (the engine's log-probs against the
+trainer's)."""
+
+
+def warn_if_async_is_uncorrected(recipe: Recipe) -> list[str]:
+    """A warning when asynchronous samples (up to ``train.async_steps`` updates old) are trained on without
+    a token weight that corrects the lag: the PPO ratio alone is taken against the trainer's log-probs of
+    this step, which already see the old samples as on-policy."""
+    if not recipe.train.async_steps or any(w.name in LAG_CORRECTIONS for w in recipe.algorithm.token_weights):
+        return []
+    warning = (
+        f"train.async_steps={recipe.train.async_steps}: samples are up to {recipe.train.async_steps} "
+        "update(s) old and no token weight corrects the lag; add algorithm.token_weights: [{name: tis}] "
+        "(or mismatch_mask), see docs/scaling.md"
+    )
+    logger.warning(warning)
+    return [warning]
+
+
 def warn_if_bf16_is_emulated(recipe: Recipe, mixed_precision: str | None, on_cpu: bool) -> list[str]:
     """Warnings for bf16 settings that this CPU would emulate (slow), naming the key to change."""
     if not on_cpu or cpu_has_native_bf16() is not False:
@@ -190,9 +210,10 @@ def make_accelerator(
     """An Accelerator whose gradient accumulation equals the micro-batches of one optimizer step, logging
     to the trackers ``report_to`` (files of local ones under ``logging_dir``)."""
     handlers = []
-    launched = "LOCAL_RANK" in os.environ  # accelerate launch / torchrun: a process group will be created
+    # accelerate launch / torchrun on a machine without GPUs: a process group will be created
+    cpu_ranks = _on_cpu() and "LOCAL_RANK" in os.environ
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if _on_cpu() and launched:
+    if cpu_ranks:
         # Without gloo every CPU rank would think it is alone. DeepSpeed's CPU comm op would be compiled
         # with g++ on first use (~2 min); torch's gloo collectives are enough here.
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
@@ -203,7 +224,7 @@ def make_accelerator(
     return Accelerator(
         # without DeepSpeed, CPU processes are data-parallel only as accelerate's MULTI_CPU (gathers,
         # DistributedDataParallel); a GPU launch config would otherwise leave each process on its own
-        cpu=_on_cpu() and launched and not use_deepspeed,
+        cpu=cpu_ranks and not use_deepspeed,
         gradient_accumulation_steps=grad_accum,
         mixed_precision=mixed_precision,
         kwargs_handlers=handlers,

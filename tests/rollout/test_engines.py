@@ -189,3 +189,17 @@ def test_hf_engine_plain_sampling_uses_the_full_vocabulary(tiny_dir, prompts):
     for c in completions:
         want = expected_logprobs(model, prompts[c.prompt_index], c.token_ids, None)
         torch.testing.assert_close(torch.tensor(c.logprobs), want, atol=1e-4, rtol=1e-4)
+
+
+def test_hf_engine_weight_update_takes_tied_names_and_refuses_unknown_ones(tiny_dir):
+    engine = ENGINES.get("hf")(str(tiny_dir), EngineOptions())
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    state = dict(policy_state(model))
+    assert "lm_head.weight" in state and model.config.tie_word_embeddings  # both names of one tensor
+    new = {name: tensor + 0.5 for name, tensor in state.items()}
+    engine.update_weights(new.items())
+    engine_params = dict(engine.model.named_parameters(remove_duplicate=False))
+    for name, tensor in new.items():
+        torch.testing.assert_close(engine_params[name], tensor)
+    with pytest.raises(KeyError, match="no parameter named 'model.layers.0.mlp.gate.weight'"):
+        engine.update_weights([("model.layers.0.mlp.gate.weight", torch.zeros(2))])

@@ -52,7 +52,10 @@ def test_bf16_is_native_on_a_cpu_only_with_the_flags(monkeypatch):
         monkeypatch.setattr(setup, "cpu_has_native_bf16", lambda flags=flags: flags)
         assert setup.bf16_is_native() is native
     recipe = Recipe.model_validate({"data": {"path": "x.jsonl"}, "rollout": {"dtype": "auto"}})
-    assert setup.engine_options(recipe).dtype == "float32"  # a rollout server resolves auto itself
+    with pytest.raises(ValueError, match="resolve_auto_precision"):  # vLLM's own "auto" means another thing
+        setup.engine_options(recipe)
+    setup.resolve_auto_precision(recipe, setup.bf16_is_native())
+    assert setup.engine_options(recipe).dtype == "float32"
 
 
 def test_engine_options_share_the_gpu_only_when_colocated_on_one():
@@ -72,3 +75,14 @@ def test_engine_options_share_the_gpu_only_when_colocated_on_one():
         engine_options(sharded, "cuda:0")
     assert engine_options(served, "cuda:0").shares_gpu is False
     assert engine_options(served, "cuda:0").tensor_parallel_size == 2
+
+
+def test_asynchronous_training_without_a_lag_correction_is_warned_about():
+    base = {"data": {"path": "x.jsonl"}, "rollout": {"mode": "server"}, "train": {"async_steps": 2}}
+    (warning,) = setup.warn_if_async_is_uncorrected(Recipe.model_validate(base))
+    assert warning.startswith("train.async_steps=2: samples are up to 2 update(s) old")
+    for correction in setup.LAG_CORRECTIONS:
+        corrected = {**base, "algorithm": {"token_weights": [{"name": correction}]}}
+        assert setup.warn_if_async_is_uncorrected(Recipe.model_validate(corrected)) == []
+    synchronous = {**base, "train": {"async_steps": 0}}
+    assert setup.warn_if_async_is_uncorrected(Recipe.model_validate(synchronous)) == []
