@@ -13,7 +13,11 @@ model below), builds one seeded batch of the anchor's shape (8 prompts x 8 sampl
 responses of 1..128 tokens, rewards in {0, 0.5, 1}; the same on every machine), runs the step's advantage
 stage and one update on it, and saves the loss and the full gradient of every parameter at the optimizer
 step (after DeepSpeed's reduction, before clipping) in OUT/result.pt. ``--timed N`` then runs N more
-updates on the batch and writes their median time, update tokens/s and MFU to OUT/summary.json.
+updates on the batch and writes their median time, update tokens/s and MFU to OUT/summary.json. A timed
+run computes every token it counts: it turns the shared-prompt forward off (which runs each prompt once
+per micro-batch instead of once per row) and counts the prompt and response tokens of the rows the
+update ran (``perf/update_tokens_run``; rows without advantage are skipped), so its MFU is 6 x parameters
+x those tokens per second against the peak.
 
 The model is SmolLM2-135M's shape (30 layers, hidden 576, 9 heads / 3 KV heads, MLP 1536, vocabulary
 49,152, tied embeddings) with seeded random weights, written from its config, so the check needs no model
@@ -190,6 +194,8 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 8192, re
 def run(out: Path, size: str, timed: int, overrides: list[str]) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False  # the check compares float32 with float32
     torch.backends.cudnn.allow_tf32 = False
+    if timed:
+        overrides = ["train.share_prompt_prefix=false", *overrides]
     trainer = build_trainer(out, size, overrides)
     acc = trainer.accelerator
     vocab = json.loads((out / "model/config.json").read_text())["vocab_size"]
@@ -205,7 +211,7 @@ def run(out: Path, size: str, timed: int, overrides: list[str]) -> None:
     }
     if timed:
         params = sum(p.numel() for p in grads.values())
-        tokens = float(batch.prompt_mask.sum() + batch.response_mask.sum()) * acc.num_processes
+        tokens = metrics["perf/update_tokens_run"]  # of every process
         seconds = []
         for _ in range(timed):
             if acc.device.type == "cuda":

@@ -8,6 +8,11 @@
 # may come as wheels (WHEELS=a folder of .whl files, installed with --no-index into a private folder);
 # vLLM is not needed (the rollout engine here is the transformers one). Writes OUT_DIR/cpu, OUT_DIR/gpu
 # (result.pt, summary.json, compare.json) and OUT_DIR/gpu-bf16/summary.json (update tokens/s, MFU).
+# The timing runs even when the comparison fails; the script then exits 1.
+#
+# The wheels, made on a machine with network and the same Python (DeepSpeed is published as source only;
+# DS_BUILD_OPS=0 builds it without compiling its ops, which this check does not use):
+#   DS_BUILD_OPS=0 pip wheel --no-deps -w wheels deepspeed==0.19.8 hjson ninja py-cpuinfo msgpack einops
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu_check}
@@ -17,10 +22,16 @@ if [ -n "${WHEELS:-}" ]; then
     export PYTHONPATH=/tmp/rlvr-wheels${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if ! "$PY" -c "import deepspeed" 2>/dev/null; then
+    echo "error: DeepSpeed does not import with $PY; pass WHEELS=dir (see the top of this script)" >&2
+    exit 2
+fi
 LAUNCH=("$PY" -m accelerate.commands.launch --config_file recipes/accelerate/zero2.yaml --num_processes 1
         --main_process_port "${PORT:-29533}")
 set -x
 CUDA_VISIBLE_DEVICES= "$PY" scripts/gpu_check.py run "$OUT/cpu"
 "${LAUNCH[@]}" scripts/gpu_check.py run "$OUT/gpu"
-"$PY" scripts/gpu_check.py compare "$OUT/cpu" "$OUT/gpu"
+agree=0
+"$PY" scripts/gpu_check.py compare "$OUT/cpu" "$OUT/gpu" || agree=$?
 "${LAUNCH[@]}" scripts/gpu_check.py run "$OUT/gpu-bf16" --timed 5 train.mixed_precision=bf16
+exit "$agree"

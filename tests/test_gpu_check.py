@@ -43,7 +43,7 @@ def test_gpu_check_zero2_update_matches_the_plain_update_on_cpu(tmp_path):
     assert result["grad_norm_reference"] > 0 and result["grad_cosine"] > 0.9999
     summary = json.loads((tmp_path / "ds/summary.json").read_text())
     assert summary["device"] == "cpu" and summary["update_tokens_per_s"] > 0
-    assert 0 < summary["mfu_vs_measured_matmul"] < 1.5
+    assert 0 < summary["mfu_vs_measured_matmul"] < 1  # only tokens that were computed count
     assert len(summary["update_s_all"]) == 2
 
 
