@@ -164,7 +164,10 @@ class ServerPool:
         timeout_s: float = 900.0,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         started: list[StartedServer] | None = None,
+        peers: int = 1,
     ) -> None:
+        """``peers``: the training processes that ask the servers at each step (each sends its share),
+        which a server waits for briefly to run their requests as one batch."""
         if not urls:
             raise ValueError("a server pool needs at least one server URL")
         self.urls = [url.rstrip("/") for url in urls]
@@ -174,6 +177,7 @@ class ServerPool:
         self.timeout_s = timeout_s
         self.bucket_bytes = bucket_bytes
         self.started = started or []
+        self.peers = peers
         self.version = 0
         self.group = None
         self.receivers: list[int] = []
@@ -291,6 +295,7 @@ class ServerPool:
                 "prompt_ids": prompt_ids[start:end],
                 "sampling": replace(sampling, seed=seed).to_dict(),
                 "min_version": self.version,
+                "peers": self.peers,
             }
             answer = self._request(i, "/generate", body)
             return [

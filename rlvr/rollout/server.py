@@ -13,12 +13,14 @@ Endpoints (JSON bodies):
 - ``POST /join``: a :class:`~rlvr.rollout.broadcast.GroupInfo`; the engine's receivers join the trainer's
   weight group. Resets the weight version to 0.
 - ``POST /receive`` ``{version}``: load one broadcast sync, then serve weights of that version.
-- ``POST /generate`` ``{prompt_ids, sampling, min_version}``: completions, prompt-major, once the
+- ``POST /generate`` ``{prompt_ids, sampling, min_version, peers}``: completions, prompt-major, once the
   weights are at least ``min_version`` (a request that arrives before the trainer's sync waits for it).
 - ``POST /shutdown``.
 
-Generation and weight loading take turns on the engine (one lock); requests from several training
-processes are served one after another.
+Generation and weight loading take turns on the engine (one lock). Generation requests that arrive while
+the engine is busy, or while a request waits (at most ``gather_s``) for its ``peers`` (the other training
+processes, which ask at about the same time), run as one batch of the engine (vLLM: one ``generate``
+over all their prompts, each request with its own sampling and seeds).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -40,16 +43,41 @@ from rlvr.rollout.broadcast import GroupInfo
 logger = logging.getLogger("rlvr.rollout.server")
 
 
+@dataclasses.dataclass
+class _Request:
+    """A generation request waiting for the engine, and its answer once a batch has run it."""
+
+    prompt_ids: list[list[int]]
+    sampling: SamplingConfig
+    done: bool = False
+    completions: list | None = None
+    version: int = 0
+    error: BaseException | None = None
+
+
 class RolloutServer:
     """The engine, its weight version, and the handlers of the endpoints."""
 
-    def __init__(self, engine_name: str, model_path: str, options: EngineOptions, wait_s: float = 1800.0):
-        self.engine_name, self.model_path, self.device = engine_name, model_path, options.device
-        self.engine = ENGINES.get(engine_name)(model_path, options)
+    def __init__(
+        self,
+        engine,
+        engine_name: str,
+        model_path: str,
+        device: str,
+        wait_s: float = 1800.0,
+        gather_s: float = 0.05,
+    ):
+        self.engine_name, self.model_path, self.device = engine_name, model_path, device
+        self.engine = engine
         self.version = 0
         self.wait_s = wait_s
+        self.gather_s = gather_s
+        """How long a request that finds the engine idle waits for the other training processes' (its
+        body's ``peers``: they ask at about the same time) before it runs all waiting ones as one batch."""
         self.engine_lock = threading.Lock()
         self.version_changed = threading.Condition()
+        self.waiting: list[_Request] = []  # generation requests not yet run
+        self.waiting_lock = threading.Lock()
 
     def health(self, _body: dict) -> dict:
         return {
@@ -79,13 +107,41 @@ class RolloutServer:
         with self.version_changed:
             if not self.version_changed.wait_for(lambda: self.version >= wanted, timeout=self.wait_s):
                 raise TimeoutError(f"weights of version {wanted} did not arrive in {self.wait_s:.0f} s")
-        sampling = SamplingConfig.from_dict(body["sampling"])
+        request = _Request(body["prompt_ids"], SamplingConfig.from_dict(body["sampling"]))
+        with self.waiting_lock:
+            self.waiting.append(request)
         with self.engine_lock:
-            version = self.version
-            completions = self.engine.generate(body["prompt_ids"], sampling)
-        for c in completions:
-            c.weight_version = version
-        return {"version": version, "completions": [dataclasses.asdict(c) for c in completions]}
+            if not request.done:  # no earlier holder of the engine ran it: run every waiting request
+                deadline = time.monotonic() + self.gather_s
+                while len(self.waiting) < int(body.get("peers", 1)) and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                with self.waiting_lock:
+                    batch, self.waiting = self.waiting, []
+                self._run(batch)
+        if request.error is not None:
+            raise request.error
+        for c in request.completions:
+            c.weight_version = request.version
+        return {
+            "version": request.version,
+            "completions": [dataclasses.asdict(c) for c in request.completions],
+        }
+
+    def _run(self, batch: list[_Request]) -> None:
+        """Generate for ``batch`` under the engine lock: one engine pass where the engine batches requests
+        of different sampling (``generate_many``), else one after another. A failure is every request's."""
+        version = self.version  # weights change only under the engine lock, which the caller holds
+        try:
+            if hasattr(self.engine, "generate_many"):
+                results = self.engine.generate_many([(r.prompt_ids, r.sampling) for r in batch])
+            else:
+                results = [self.engine.generate(r.prompt_ids, r.sampling) for r in batch]
+        except BaseException as exc:
+            for r in batch:
+                r.error, r.done = exc, True
+            raise
+        for r, completions in zip(batch, results, strict=True):
+            r.completions, r.version, r.done = completions, version, True
 
     def _set_version(self, version: int) -> None:
         with self.version_changed:
@@ -174,7 +230,8 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a clean close: the engine's processes too
     if parent_pid is not None:
         _watch_parent(parent_pid, stop)
-    server = RolloutServer(engine_name, model_path, options)  # minutes for a large model
+    engine = ENGINES.get(engine_name)(model_path, options)  # minutes for a large model
+    server = RolloutServer(engine, engine_name, model_path, options.device)
     if stop.is_set():
         server.close()
         return

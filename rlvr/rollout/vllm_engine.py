@@ -188,40 +188,47 @@ class VLLMEngine:
         self._ipc = None  # the CUDA IPC sender, made at the first update (shares_gpu)
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
+        return self.generate_many([(prompt_ids, sampling)])[0]
+
+    def generate_many(self, requests: list[tuple[list[list[int]], SamplingConfig]]) -> list[list[Completion]]:
+        """Several :meth:`generate` requests, each with its own sampling, in one scheduling pass of the
+        engine (a rollout server batches its concurrent callers so); one list of completions each."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        schedule = sampling.temperature_schedule
-        if schedule is not None and not self.temperature_schedule:
-            raise ValueError(
-                "this vLLM engine was built without the EAD logits processor: "
-                "build it with EngineOptions(temperature_schedule=True) to sample with a temperature_schedule"
-            )
-        params = []
-        for i in range(len(prompt_ids)):
-            params.append(
-                SamplingParams(
-                    n=sampling.n,
-                    temperature=sampling.temperature,
-                    top_p=sampling.top_p,
-                    top_k=sampling.top_k if sampling.top_k > 0 else 0,
-                    max_tokens=sampling.max_tokens,
-                    stop=list(sampling.stop) or None,
-                    logprobs=0,
-                    seed=None if sampling.seed is None else sampling.seed + i,
-                    skip_special_tokens=True,
-                    extra_args=None if schedule is None else schedule.to_extra_args(),
+        prompts, params, owner = [], [], []
+        for r, (prompt_ids, sampling) in enumerate(requests):
+            schedule = sampling.temperature_schedule
+            if schedule is not None and not self.temperature_schedule:
+                raise ValueError(
+                    "this vLLM engine was built without the EAD logits processor: build it with "
+                    "EngineOptions(temperature_schedule=True) to sample with a temperature_schedule"
                 )
-            )
-        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
+            for i, ids in enumerate(prompt_ids):
+                prompts.append(TokensPrompt(prompt_token_ids=list(ids)))
+                owner.append((r, i))
+                params.append(
+                    SamplingParams(
+                        n=sampling.n,
+                        temperature=sampling.temperature,
+                        top_p=sampling.top_p,
+                        top_k=sampling.top_k if sampling.top_k > 0 else 0,
+                        max_tokens=sampling.max_tokens,
+                        stop=list(sampling.stop) or None,
+                        logprobs=0,
+                        seed=None if sampling.seed is None else sampling.seed + i,
+                        skip_special_tokens=True,
+                        extra_args=None if schedule is None else schedule.to_extra_args(),
+                    )
+                )
         self._wake()  # released but not updated since (an evaluation before any step)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        completions = []
-        for i, out in enumerate(outputs):
+        outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
+        completions: list[list[Completion]] = [[] for _ in requests]
+        for (r, i), out in zip(owner, outputs, strict=True):
             for sample in out.outputs:
                 ids = list(sample.token_ids)
                 logprobs = [entry[tok].logprob for tok, entry in zip(ids, sample.logprobs or [], strict=True)]
-                completions.append(
+                completions[r].append(
                     Completion(
                         prompt_index=i,
                         token_ids=ids,

