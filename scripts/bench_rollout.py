@@ -3,7 +3,7 @@ vLLM engine against bare vLLM ``generate`` at a recipe's shape.
 
     python scripts/bench_rollout.py --model smollm2-135m-instruct --prompts 8 --n 8 --max-tokens 32
     python scripts/bench_rollout.py --recipe recipes/bench/grpo_anchor_smollm2.yaml --repeats 5 \
-        [--variants bare bare-logprobs rlvr] [--set rollout.enforce_eager=false]
+        [--variants bare bare-logprobs rlvr server] [--set rollout.enforce_eager=false]
 
 Without ``--recipe``, prompts come from the quickstart data (chat template applied); prints generated
 tokens/s for each engine (median of --repeats runs after one warm-up) and the median weight-sync time into
@@ -15,7 +15,9 @@ and token limit; batch i is the recipe's prompts i*k .. i*k+k-1). "bare" is ``vl
 vLLM's defaults otherwise and one SamplingParams for the batch (no log-probs, no prefix cache, no
 per-prompt seeds); "bare-logprobs" is the same asking for the sampled tokens' log-probs as rlvr does
 (``logprobs=0``, ``logprobs_mode="processed_logprobs"``); "rlvr" is
-:class:`rlvr.rollout.vllm_engine.VLLMEngine.generate`. The engines run one after the other on the same
+:class:`rlvr.rollout.vllm_engine.VLLMEngine.generate`; "server" is a rollout server over rlvr's engine
+that two training processes ask at once, each for half of the batch, once as the server batches them
+(one engine pass) and once one after the other. The engines run one after the other on the same
 batches; ``--set`` changes the recipe (e.g. ``rollout.enforce_eager=false`` compiles every engine).
 """
 
@@ -107,14 +109,51 @@ def recipe_rates(recipe_path: str, repeats: int, overrides: list[str], variants:
         engine.close()
         return out
 
+    def served(peers: int) -> dict[str, list[tuple[int, float]]]:
+        """A rollout server over rlvr's engine asked by ``peers`` training processes at once, each for
+        its share of the batch: as the server batches them (one engine pass), and one after another (what
+        it did before), alternating on the same batches and seeds."""
+        from rlvr.rollout.pool import in_thread
+        from rlvr.rollout.server import RolloutServer
+
+        server = RolloutServer(ENGINES.get("vllm")(path, options), "vllm", path, "cpu")
+        out = {f"server, {peers} peers batched": [], f"server, {peers} peers in turn": []}
+        for i, batch in enumerate(batches):
+            bodies = []
+            for p in range(peers):
+                share = batch[len(batch) * p // peers : len(batch) * (p + 1) // peers]
+                seeded = SamplingConfig(**{**sampling.__dict__, "seed": 1000 * i + p})
+                bodies.append({"prompt_ids": share, "sampling": seeded.to_dict(), "peers": peers})
+            for name in out:
+                start = time.perf_counter()
+                if name.endswith("batched"):
+                    answers = [f.result() for f in [in_thread(server.generate, b) for b in bodies]]
+                else:
+                    answers = [server.generate({**b, "peers": 1}) for b in bodies]
+                seconds = time.perf_counter() - start
+                out[name].append(
+                    (sum(len(c["token_ids"]) for a in answers for c in a["completions"]), seconds)
+                )
+        server.close()
+        return out
+
     rates = {}
-    runs = {"bare": lambda: bare(False), "bare-logprobs": lambda: bare(True), "rlvr": ours}
-    for name in variants:
-        measured = runs[name]()[1:]
-        rates[name] = statistics.median(tokens / seconds for tokens, seconds in measured)
-        per_batch = statistics.median(seconds for _, seconds in measured)
-        tokens = statistics.median(tokens for tokens, _ in measured)
-        print(f"{name:>13}: {rates[name]:7.1f} tokens/s, {per_batch:6.2f} s/batch, {tokens:.0f} tokens/batch")
+    runs = {
+        "bare": lambda: {"bare": bare(False)},
+        "bare-logprobs": lambda: {"bare-logprobs": bare(True)},
+        "rlvr": lambda: {"rlvr": ours()},
+        "server": lambda: served(2),
+    }
+    for variant in variants:
+        for name, measured in runs[variant]().items():
+            measured = measured[1:]
+            rates[name] = statistics.median(tokens / seconds for tokens, seconds in measured)
+            per_batch = statistics.median(seconds for _, seconds in measured)
+            tokens = statistics.median(tokens for tokens, _ in measured)
+            print(
+                f"{name:>13}: {rates[name]:7.1f} tokens/s, {per_batch:6.2f} s/batch, "
+                f"{tokens:.0f} tokens/batch"
+            )
     for base in ("bare", "bare-logprobs"):
         if "rlvr" in rates and base in rates:
             print(f"rlvr / {base} throughput: {rates['rlvr'] / rates[base]:.3f}")
@@ -128,7 +167,7 @@ def main() -> None:
     ap.add_argument(
         "--variants",
         nargs="+",
-        choices=["bare", "bare-logprobs", "rlvr"],
+        choices=["bare", "bare-logprobs", "rlvr", "server"],
         default=["bare", "rlvr"],
         help="with --recipe: what to run, in this order",
     )
