@@ -21,7 +21,8 @@ x those tokens per second against the peak.
 
 The model is SmolLM2-135M's shape (30 layers, hidden 576, 9 heads / 3 KV heads, MLP 1536, vocabulary
 49,152, tied embeddings) with seeded random weights, written from its config, so the check needs no model
-files; ``--size tiny`` uses the two-layer test model instead.
+files; ``--size tiny`` uses the two-layer test model instead, and ``--model DIR`` a model folder (e.g.
+the converted SmolLM2-135M-Instruct copied to the machine).
 """
 
 from __future__ import annotations
@@ -148,14 +149,23 @@ def update_with_gradient(trainer, batch) -> tuple[dict[str, float], dict[str, to
     return metrics, grads
 
 
-def build_trainer(out: Path, size: str, overrides: list[str]):
-    from rlvr.config import load_recipe
-    from rlvr.models import build_tiny_model
-    from rlvr.train import build
+def model_folder(out: Path, size: str, model: str | None) -> Path:
+    """``model`` (an HF folder or an rlvr model alias) when given, else a seeded model of ``size`` written
+    from its config under ``out``."""
+    from rlvr.models import build_tiny_model, resolve_model
 
+    if model:
+        return Path(resolve_model(model))
     model_dir = out / "model"
     if not (model_dir / "config.json").is_file():
         build_tiny_model(model_dir, **SIZES[size])
+    return model_dir
+
+
+def build_trainer(model_dir: Path, out: Path, overrides: list[str]):
+    from rlvr.config import load_recipe
+    from rlvr.train import build
+
     recipe = load_recipe(
         RECIPE,
         [
@@ -191,14 +201,15 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 8192, re
     return 2 * size**3 / best / 1e12
 
 
-def run(out: Path, size: str, timed: int, overrides: list[str]) -> None:
+def run(out: Path, size: str, model: str | None, timed: int, overrides: list[str]) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False  # the check compares float32 with float32
     torch.backends.cudnn.allow_tf32 = False
     if timed:
         overrides = ["train.share_prompt_prefix=false", *overrides]
-    trainer = build_trainer(out, size, overrides)
+    model_dir = model_folder(out, size, model)
+    trainer = build_trainer(model_dir, out, overrides)
     acc = trainer.accelerator
-    vocab = json.loads((out / "model/config.json").read_text())["vocab_size"]
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     batch = process_batch(trainer, vocab)
     metrics, grads = update_with_gradient(trainer, batch)
     if acc.is_main_process:
@@ -281,6 +292,7 @@ def main() -> int:
     r = sub.add_parser("run", help="one update on the seeded batch (and --timed more)")
     r.add_argument("out", type=Path)
     r.add_argument("--size", choices=sorted(SIZES), default="smollm2-135m")
+    r.add_argument("--model", help="an HF model folder (or rlvr alias) instead of seeded weights of --size")
     r.add_argument("--timed", type=int, default=0, help="updates to time after the checked one")
     r.add_argument("overrides", nargs="*", help="recipe overrides, key=value")
     c = sub.add_parser("compare", help="loss and gradient of two runs")
@@ -291,7 +303,7 @@ def main() -> int:
     if args.mode == "compare":
         return compare(args.reference, args.other, args.tolerance)
     args.out.mkdir(parents=True, exist_ok=True)
-    run(args.out, args.size, args.timed, args.overrides)
+    run(args.out, args.size, args.model, args.timed, args.overrides)
     return 0
 
 

@@ -3,6 +3,7 @@
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]                 # default OUT_DIR: gpu_check
 #   WHEELS=dir bash scripts/gpu_check.sh OUT_DIR        # install DeepSpeed (and what it needs) from wheels first
+#   MODEL=dir bash scripts/gpu_check.sh OUT_DIR         # a model folder instead of SmolLM2's shape with seeded weights
 #
 # For a machine without network where torch, transformers, accelerate and peft are installed: DeepSpeed
 # may come as wheels (WHEELS=a folder of .whl files, installed with --no-index into a private folder);
@@ -29,9 +30,10 @@ fi
 LAUNCH=("$PY" -m accelerate.commands.launch --config_file recipes/accelerate/zero2.yaml --num_processes 1
         --main_process_port "${PORT:-29533}")
 set -x
-CUDA_VISIBLE_DEVICES= "$PY" scripts/gpu_check.py run "$OUT/cpu"
-"${LAUNCH[@]}" scripts/gpu_check.py run "$OUT/gpu"
+MODEL_ARGS=(${MODEL:+--model "$MODEL"})
+CUDA_VISIBLE_DEVICES= "$PY" scripts/gpu_check.py run "$OUT/cpu" "${MODEL_ARGS[@]}"
+"${LAUNCH[@]}" scripts/gpu_check.py run "$OUT/gpu" "${MODEL_ARGS[@]}"
 agree=0
 "$PY" scripts/gpu_check.py compare "$OUT/cpu" "$OUT/gpu" || agree=$?
-"${LAUNCH[@]}" scripts/gpu_check.py run "$OUT/gpu-bf16" --timed 5 train.mixed_precision=bf16
+"${LAUNCH[@]}" scripts/gpu_check.py run "$OUT/gpu-bf16" "${MODEL_ARGS[@]}" --timed 5 train.mixed_precision=bf16
 exit "$agree"

@@ -1,5 +1,6 @@
 """Data-parallel correctness: 1 and 2 processes give the same advantages, token weights and gradient on the
-same global batch (real DeepSpeed ZeRO-2 processes over gloo, and plain DistributedDataParallel)."""
+same global batch (real DeepSpeed ZeRO-2 and ZeRO-3 processes over gloo, and plain
+DistributedDataParallel)."""
 
 import pytest
 import torch
@@ -38,6 +39,8 @@ LAUNCHES = [(case, "zero2") for case in sorted(CASES)] + [
     # torch DDP without DeepSpeed: each micro-batch calls the wrapped model twice (the shared prompts,
     # then the responses) before its one backward, and accumulation runs under DDP's no_sync
     ("batch_norm+skipped", "ddp"),
+    # ZeRO-3: parameters gathered for each forward, gradients reduced into partitions
+    ("batch_norm+forking", "zero3"),
 ]
 
 

@@ -9,11 +9,15 @@ import pytest
 import torch
 from launch import ROOT, accelerate, run
 
+from rlvr.models import build_tiny_model
+
 
 @pytest.mark.distributed
 def test_gpu_check_zero2_update_matches_the_plain_update_on_cpu(tmp_path):
     script = str(ROOT / "scripts/gpu_check.py")
-    run([sys.executable, script, "run", str(tmp_path / "cpu"), "--size", "tiny"])
+    # the reference from a model folder (--model), the DeepSpeed run from the same seeded weights (--size)
+    model = build_tiny_model(tmp_path / "model", seed=0)
+    run([sys.executable, script, "run", str(tmp_path / "cpu"), "--model", str(model)])
     run(
         accelerate(
             "recipes/accelerate/zero2.yaml",
