@@ -6,6 +6,13 @@ import pytest
 from launch import ROOT, TINY_RECIPE, accelerate, metrics, run
 
 
+def layer_of(name: str) -> str:
+    """``model.layers.3`` for a decoder layer's parameter, "" for the others (embeddings, final norm)."""
+    parts = name.split(".")
+    index = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+    return "" if index is None else ".".join(parts[: index + 1])
+
+
 def launch(config: str, out, *overrides: str) -> None:
     run(accelerate(config, str(ROOT / "tests/scripts/dist_step.py"), str(out), str(TINY_RECIPE), *overrides))
 
@@ -34,6 +41,19 @@ def test_two_process_zero_update_keeps_ranks_identical(tmp_path, stage):
     for key in ("reward/mean", "reward/std", "response/length_mean"):
         assert ranks[0]["steps"][-1][key] == ranks[1]["steps"][-1][key]
     assert ranks[0]["steps"][-1]["actor/grad_norm"] > 0
+    # the engine's weight stream gives the full weights, and under ZeRO-3 gathers one layer at a time
+    for rank in ranks:
+        assert rank["streamed"] == rank["after"]
+        held = rank["held"]
+        if stage == 3:
+            assert all(layer_of(n) == layer_of(h["name"]) for h in held for n in h["gathered"] if layer_of(n))
+            assert all(not layer_of(n) for h in held if not layer_of(h["name"]) for n in h["gathered"])
+            # each decoder-layer matrix is gathered while it is yielded, and released after its layer
+            matrices = [h for h in held if ".layers." in h["name"] and h["name"].endswith("proj.weight")]
+            assert matrices and all(h["name"] in h["gathered"] for h in matrices)
+            assert 0 < max(len(h["gathered"]) for h in held) < len(rank["after"]) / 2
+        else:
+            assert all(h["gathered"] == [] for h in held)
     # KL to the reference (k3 >= 0) is positive once the policy has moved away from it
     assert 0 <= ranks[0]["steps"][0]["actor/kl"] < ranks[0]["steps"][1]["actor/kl"]
 

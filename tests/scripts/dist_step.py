@@ -7,7 +7,9 @@ An offline preference recipe (``data.format: pairs`` / ``unpaired``) runs offlin
 
 Writes OUT_DIR/rank{i}.json with the metrics of every step and a sha256 of every full (gathered)
 parameter after the last step, so the test can check that all ranks hold identical weights, and that
-the weights changed; also the global prompt batches the rank's sampler drew and its per-prompt statistics.
+the weights changed; also the global prompt batches the rank's sampler drew and its per-prompt statistics,
+and what the weight stream for the engine (``policy_tensors``) yielded: a sha256 per tensor and, under
+ZeRO-3, which partitioned parameters were gathered at each.
 """
 
 import hashlib
@@ -18,18 +20,55 @@ from pathlib import Path
 from rlvr.config import load_recipe
 from rlvr.preference import build_offline, run_offline_step
 from rlvr.train import build, run_step
-from rlvr.trainer.weights import gathered_parameters, policy_state
+from rlvr.trainer.critic import policy_of
+from rlvr.trainer.weights import gathered_parameters, policy_state, policy_tensors
+
+
+def sha(tensor) -> str:
+    return hashlib.sha256(tensor.float().numpy().tobytes()).hexdigest()
 
 
 def digest(trainer) -> dict[str, str]:
     with gathered_parameters(trainer.accelerator, trainer.ctx.model) as model:
-        return {
-            name: hashlib.sha256(t.float().numpy().tobytes()).hexdigest() for name, t in policy_state(model)
-        }
+        return {name: sha(t) for name, t in policy_state(model)}
+
+
+def stream(trainer) -> tuple[dict[str, str], list[dict]]:
+    """``policy_tensors``' tensors (sha256 by name) and, at each, the names of the policy's ZeRO-3
+    partitioned parameters (not the small ones DeepSpeed keeps whole) that were gathered then."""
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    policy = policy_of(trainer.accelerator.unwrap_model(trainer.ctx.model))
+    named = dict(policy.named_parameters(remove_duplicate=False))  # a tied weight under each name
+    partitioned = {n: p for n, p in named.items() if hasattr(p, "ds_status") and not p.ds_persist}
+    shas, held = {}, []
+    for name, tensor in policy_tensors(trainer.accelerator, trainer.ctx.model):
+        shas[name] = sha(tensor)
+        gathered = [n for n, p in partitioned.items() if p.ds_status == ZeroParamStatus.AVAILABLE]
+        held.append({"name": name, "gathered": gathered})
+    return shas, held
+
+
+def partition_every_parameter() -> None:
+    """Under ZeRO-3, partition every parameter. DeepSpeed keeps parameters under 1e5 elements whole on each
+    process (``stage3_param_persistence_threshold``), which is every parameter of the tiny test model;
+    a real model's matrices are partitioned, and so are the tiny model's with this."""
+    import rlvr.trainer.run as trainer_run
+
+    configure = trainer_run.configure_deepspeed
+
+    def configure_and_partition(accelerator, *args) -> None:
+        configure(accelerator, *args)
+        if accelerator.state.deepspeed_plugin is not None:
+            zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+            zero["stage3_param_persistence_threshold"] = 0
+
+    trainer_run.configure_deepspeed = configure_and_partition
 
 
 def main() -> None:
     out, recipe_path, *overrides = sys.argv[1:]
+    partition_every_parameter()
     recipe = load_recipe(recipe_path, overrides)
     offline = recipe.data.format != "prompts"  # a preference dataset: the offline preference step
     trainer = build_offline(recipe) if offline else build(recipe)
@@ -46,6 +85,7 @@ def main() -> None:
     before = digest(trainer)
     steps = [step(trainer) for _ in range(trainer.recipe.run.steps)]
     after = digest(trainer)
+    streamed, held = stream(trainer)
     rank = trainer.accelerator.process_index
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"rank{rank}.json").write_text(
@@ -53,6 +93,8 @@ def main() -> None:
             {
                 "before": before,
                 "after": after,
+                "streamed": streamed,
+                "held": held,
                 "steps": steps,
                 "drawn": drawn,
                 "prompt_stats": trainer.stats.state_dict(),
