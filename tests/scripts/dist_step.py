@@ -22,6 +22,7 @@ from rlvr.preference import build_offline, run_offline_step
 from rlvr.train import build, run_step
 from rlvr.trainer.critic import policy_of
 from rlvr.trainer.weights import gathered_parameters, policy_state, policy_tensors
+from tests.scripts.zero3 import partition_every_parameter
 
 
 def sha(tensor) -> str:
@@ -47,23 +48,6 @@ def stream(trainer) -> tuple[dict[str, str], list[dict]]:
         gathered = [n for n, p in partitioned.items() if p.ds_status == ZeroParamStatus.AVAILABLE]
         held.append({"name": name, "gathered": gathered})
     return shas, held
-
-
-def partition_every_parameter() -> None:
-    """Under ZeRO-3, partition every parameter. DeepSpeed keeps parameters under 1e5 elements whole on each
-    process (``stage3_param_persistence_threshold``), which is every parameter of the tiny test model;
-    a real model's matrices are partitioned, and so are the tiny model's with this."""
-    import rlvr.trainer.run as trainer_run
-
-    configure = trainer_run.configure_deepspeed
-
-    def configure_and_partition(accelerator, *args) -> None:
-        configure(accelerator, *args)
-        if accelerator.state.deepspeed_plugin is not None:
-            zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
-            zero["stage3_param_persistence_threshold"] = 0
-
-    trainer_run.configure_deepspeed = configure_and_partition
 
 
 def main() -> None:

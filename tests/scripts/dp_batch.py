@@ -18,10 +18,12 @@ import torch
 from rlvr.config import load_recipe
 from rlvr.train import build
 from scripts.gpu_check import process_batch, update_with_gradient
+from tests.scripts.zero3 import partition_every_parameter
 
 
 def main() -> None:
     out, recipe_path, *overrides = sys.argv[1:]
+    partition_every_parameter()
     trainer = build(load_recipe(recipe_path, overrides))
     batch = process_batch(trainer, len(trainer.tokenizer))
     metrics, grads = update_with_gradient(trainer, batch)
