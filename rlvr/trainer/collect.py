@@ -169,10 +169,11 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
             batch = t.sampler.next_batch(per_round, t.step)
             drawn.extend(batch)
             rows = shard(batch, acc.process_index, acc.num_processes)
-            generated: list[Group] = []
-            if len(kept) < quota:
-                seed = seed_for(recipe.run.seed, t.step, acc.process_index, rounds)
-                generated = generate_groups(t, rows, seed, t.step, greedy_baseline, timer, failures)
+            # every process generates in every round, with no rows once its quota is full: an engine
+            # shared by a group of processes (rollout.tensor_parallel_size) runs their calls together
+            seed = seed_for(recipe.run.seed, t.step, acc.process_index, rounds)
+            rows = rows if len(kept) < quota else []
+            generated = generate_groups(t, rows, seed, t.step, greedy_baseline, timer, failures)
         rounds += 1
         zero_variance += sum(len(set(g.rewards)) <= 1 for g in generated)
         generated_groups += len(generated)

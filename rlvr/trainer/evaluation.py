@@ -3,7 +3,9 @@
 It reuses the rollout engine, which already holds the weights of the step just taken (no second model,
 no engine start), and the evaluation code of ``rlvr eval`` (:func:`rlvr.eval.runner.evaluate`): the same
 problems and sampling seeds at every evaluation, so the numbers are comparable across steps. Only the
-main process evaluates (each call covers every problem); the others wait at a barrier.
+main process evaluates (each call covers every problem); the others wait at a barrier, except that
+when its engine is shared by a group of processes (:mod:`rlvr.rollout.group`) its group-mates run the
+engine with it.
 """
 
 from __future__ import annotations
@@ -36,9 +38,14 @@ class PeriodicEvaluator:
     def run(self) -> dict[str, float]:
         """``eval/<benchmark>/<metric>`` on the main process, ``{}`` elsewhere."""
         from rlvr.eval.runner import evaluate
+        from rlvr.rollout.group import follow, leading
 
         metrics: dict[str, float] = {}
-        if self._main:
+        if not self._main:  # the main process's group-mates, when it shares its engine, run its calls
+            follow(self.engine, leader=0)
+            self.accelerator.wait_for_everyone()
+            return metrics
+        with leading(self.engine):
             for spec, scorer in zip(self.specs, self.scorers, strict=True):
                 metrics.update(
                     evaluate(

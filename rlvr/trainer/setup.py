@@ -75,17 +75,24 @@ def resolve_auto_precision(recipe: Recipe, native_bf16: bool) -> str | None:
     return f"precision auto: {', '.join(chosen)} ({why})"
 
 
-def engine_options(recipe: Recipe, device: str = "cpu", process_index: int = 0) -> EngineOptions:
-    """The rollout engine's options for ``recipe`` on ``device`` (each process seeds its engine apart).
+def engine_options(
+    recipe: Recipe, device: str = "cpu", process_index: int = 0, num_processes: int = 1
+) -> EngineOptions:
+    """The rollout engine's options for ``recipe`` on ``device``, for training process ``process_index``
+    of ``num_processes`` (each process, or each group sharing an engine, seeds its engine apart).
 
-    A colocated engine on a GPU shares its training process's GPU (CUDA IPC, sleep mode), so it cannot
-    shard over several: tensor parallelism on GPUs is for rollout servers."""
+    A colocated engine sharded over ``rollout.tensor_parallel_size`` devices puts its shards in as many
+    consecutive training processes, one in each (vLLM's external launcher, :mod:`rlvr.rollout.group`),
+    when the run has several processes, and always on GPUs (a GPU's training process has that GPU
+    alone). One process on CPU shards its engine over worker processes of the engine's own."""
     r = recipe.rollout
-    if device.startswith("cuda") and r.mode == "colocated" and r.tensor_parallel_size > 1:
+    tp = r.tensor_parallel_size
+    in_trainers = r.mode == "colocated" and tp > 1 and (num_processes > 1 or device.startswith("cuda"))
+    if in_trainers and num_processes % tp:
         raise RecipeError(
-            f"{recipe.source}: rollout.tensor_parallel_size: a colocated engine on a GPU runs on its "
-            f"training process's GPU alone, so it cannot shard over {r.tensor_parallel_size}; set "
-            "rollout.mode: server to shard the engine over GPUs of its own"
+            f"{recipe.source}: rollout.tensor_parallel_size: a colocated engine sharded over {tp} devices "
+            f"puts one shard in each of {tp} training processes, so the number of processes "
+            f"({num_processes}) must be a multiple of {tp}"
         )
     dtype = r.dtype or recipe.model.dtype
     if dtype == "auto":  # vLLM would read "auto" as the checkpoint's dtype, which is not rlvr's auto
@@ -93,14 +100,15 @@ def engine_options(recipe: Recipe, device: str = "cpu", process_index: int = 0) 
     return EngineOptions(
         dtype=dtype,
         max_model_len=r.max_model_len or recipe.data.max_prompt_tokens + r.max_tokens,
-        seed=recipe.run.seed + process_index,
+        seed=recipe.run.seed + (process_index // tp if in_trainers else process_index),
         gpu_memory_utilization=r.gpu_memory_utilization,
         kv_cache_gb=r.kv_cache_gb,
         enforce_eager=r.enforce_eager,
         device=device,
         temperature_schedule=r.ead is not None,
-        tensor_parallel_size=r.tensor_parallel_size,
+        tensor_parallel_size=tp,
         shares_gpu=device.startswith("cuda") and r.mode == "colocated",
+        external_launcher=in_trainers,
     )
 
 
@@ -112,10 +120,20 @@ def make_engine(recipe: Recipe, accelerator: Accelerator, model_path: str, run_d
 
     r = recipe.rollout
     device = str(accelerator.device)
-    options = engine_options(recipe, device, accelerator.process_index)
+    options = engine_options(recipe, device, accelerator.process_index, accelerator.num_processes)
     if r.mode == "colocated":
+        group = None
+        if options.external_launcher:  # every process makes every group, before the engines form theirs
+            from rlvr.rollout.group import tensor_parallel_groups
+
+            group = tensor_parallel_groups(accelerator.num_processes, options.tensor_parallel_size)
         with unpartitioned():
-            return ENGINES.get(r.engine)(model_path, options), options
+            engine = ENGINES.get(r.engine)(model_path, options)
+        if group is not None:
+            from rlvr.rollout.group import GroupEngine
+
+            engine = GroupEngine(engine, group)
+        return engine, options
 
     from rlvr.rollout.pool import ServerPool, server_gpus, start_servers
     from rlvr.trainer.distributed import from_main_process

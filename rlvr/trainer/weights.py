@@ -48,20 +48,27 @@ def policy_state(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(name, param.detach().to("cpu")) for name, param in named.items()]
 
 
+def layer_key(name: str) -> str:
+    """The decoder layer a parameter belongs to, ``model.layers.3`` (up to its first numeric segment, so
+    LoRA's ``base_model.model.model.layers.3`` keys alike), or "" for one outside the layers
+    (embeddings, final norm, LM head)."""
+    parts = name.split(".")
+    index = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+    return "" if index is None else ".".join(parts[: index + 1])
+
+
 def layer_groups(names: list[str]) -> list[list[str]]:
-    """Parameter names grouped by decoder layer, in order: the names before the first numbered layer
-    (embeddings), one group per ``...layers.<i>.`` (keyed on the first numeric segment, so LoRA's
-    ``base_model.model.model.layers.<i>`` groups alike), then the rest (final norm, LM head)."""
+    """Parameter names grouped by decoder layer (:func:`layer_key`), in order: the names before the first
+    numbered layer (embeddings), one group per layer, then the rest (final norm, LM head)."""
     head: list[str] = []
     layers: dict[str, list[str]] = {}
     tail: list[str] = []
     for name in names:
-        parts = name.split(".")
-        index = next((i for i, part in enumerate(parts) if part.isdigit()), None)
-        if index is None:
+        key = layer_key(name)
+        if not key:
             (tail if layers else head).append(name)
         else:
-            layers.setdefault(".".join(parts[: index + 1]), []).append(name)
+            layers.setdefault(key, []).append(name)
     return [g for g in (head, *layers.values(), tail) if g]
 
 

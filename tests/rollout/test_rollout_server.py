@@ -24,7 +24,7 @@ from rlvr.rollout.pool import (
     start_servers,
 )
 from rlvr.rollout.vllm_engine import InProcessClient, cpu_binding, llm_kwargs
-from rlvr.trainer.weights import layer_groups, policy_state
+from rlvr.trainer.weights import layer_groups, layer_key, policy_state
 
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
 
@@ -83,6 +83,11 @@ def test_layer_groups_keep_each_decoder_layer_together():
         ["model.layers.10.mlp.up_proj.weight"],
         ["model.norm.weight", "lm_head.weight"],
     ]
+    assert (
+        layer_key("base_model.model.model.layers.3.mlp.lora_A.default.weight")
+        == "base_model.model.model.layers.3"
+    )
+    assert layer_key("lm_head.weight") == ""
 
 
 @pytest.fixture(scope="module")

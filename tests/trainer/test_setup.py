@@ -58,7 +58,7 @@ def test_bf16_is_native_on_a_cpu_only_with_the_flags(monkeypatch):
     assert setup.engine_options(recipe).dtype == "float32"
 
 
-def test_engine_options_share_the_gpu_only_when_colocated_on_one():
+def test_engine_options_share_the_gpu_when_colocated_and_shard_over_training_processes():
     from pathlib import Path
 
     from rlvr.config import RecipeError, load_recipe
@@ -70,9 +70,28 @@ def test_engine_options_share_the_gpu_only_when_colocated_on_one():
     served = load_recipe(recipe_file, ["rollout.mode=server", "rollout.tensor_parallel_size=2"])
     assert engine_options(colocated, "cuda:1", 1).shares_gpu is True
     assert engine_options(colocated, "cpu").shares_gpu is False
-    assert engine_options(sharded, "cpu").tensor_parallel_size == 2  # CPU workers of one process
-    with pytest.raises(RecipeError, match="rollout.tensor_parallel_size: a colocated engine on a GPU"):
-        engine_options(sharded, "cuda:0")
+    one = engine_options(sharded, "cpu")  # one process on CPU: worker processes of the engine's own
+    assert one.tensor_parallel_size == 2 and not one.external_launcher
+    # several processes (and any GPU run): the shards live in consecutive training processes, and each
+    # pair of them seeds its shared engine alike
+    shards = [engine_options(sharded, "cpu", rank, 4) for rank in range(4)]
+    assert all(o.external_launcher and o.tensor_parallel_size == 2 for o in shards)
+    assert [o.seed for o in shards] == [sharded.run.seed + g for g in (0, 0, 1, 1)]
+    assert (
+        engine_options(sharded, "cuda:1", 1, 2).shares_gpu
+        and engine_options(sharded, "cuda:1", 1, 2).seed == 0 + sharded.run.seed
+    )
+    assert [o.seed for o in (engine_options(colocated, "cpu", r, 2) for r in range(2))] == [
+        colocated.run.seed,
+        colocated.run.seed + 1,
+    ]
+    with pytest.raises(
+        RecipeError, match=r"rollout.tensor_parallel_size: .* processes \(3\) must be a multiple of 2"
+    ):
+        engine_options(sharded, "cpu", 0, 3)
+    with pytest.raises(RecipeError, match=r"processes \(1\) must be a multiple of 2"):
+        engine_options(sharded, "cuda:0")  # one GPU process cannot hold two shards
+    assert not engine_options(served, "cuda:0", 0, 2).external_launcher  # servers shard on their own
     assert engine_options(served, "cuda:0").shares_gpu is False
     assert engine_options(served, "cuda:0").tensor_parallel_size == 2
 
