@@ -89,7 +89,12 @@ def generate_groups(
     """
     recipe = t.recipe
     sampling = sampling_config(recipe, seed, step)
-    completions = t.engine.generate([row["prompt_ids"] for row in rows], sampling)
+    prompts = [row["prompt_ids"] for row in rows]
+    completions = t.engine.generate(prompts, sampling)
+    greedy = dataclasses.replace(sampling, n=1, temperature=0.0, seed=None, temperature_schedule=None)
+    best = t.engine.generate(prompts, greedy) if greedy_baseline else []
+    if not rows:  # the engine calls were still made: an engine shared by processes runs them together
+        return []
     start = time.perf_counter()
     scores = t.scorer.score([c.text for c in completions], [rows[c.prompt_index] for c in completions])
     timer["reward_s"] += time.perf_counter() - start
@@ -117,8 +122,6 @@ def generate_groups(
         rewards = [r + float(p) for r, p in zip(rewards, penalty, strict=True)]
     baselines: list[float | None] = [None] * len(rows)
     if greedy_baseline:
-        greedy = dataclasses.replace(sampling, n=1, temperature=0.0, seed=None, temperature_schedule=None)
-        best = t.engine.generate([row["prompt_ids"] for row in rows], greedy)
         start = time.perf_counter()
         greedy_scores = t.scorer.score([c.text for c in best], [rows[c.prompt_index] for c in best])
         timer["reward_s"] += time.perf_counter() - start
