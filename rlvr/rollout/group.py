@@ -46,9 +46,9 @@ class GroupEngine:
     every method together, each with its own requests."""
 
     def __init__(self, engine, group) -> None:
-        self.engine, self.group = engine, group
         import torch.distributed as dist
 
+        self.engine, self.group = engine, group
         self.ranks = dist.get_process_group_ranks(group)
         """The members' global ranks, in member order."""
         self.size, self.member = len(self.ranks), dist.get_rank(group)

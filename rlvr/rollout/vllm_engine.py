@@ -41,13 +41,18 @@ def _engine_environment(options: EngineOptions) -> Iterator[None]:
     sharded over several GPUs uses the visible ones as they are.
     """
     saved = dict(os.environ)
-    if options.external_launcher:  # the shards are the launched processes: vLLM reads their variables
-        try:
-            yield
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        return
+    if not options.external_launcher:  # an engine whose shards are the launched processes reads them
+        _set_worker_environment(options, saved)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _set_worker_environment(options: EngineOptions, saved: dict[str, str]) -> None:
+    """Drop the launcher's variables and choose the CPUs or GPU the engine's own workers use (see
+    :func:`_engine_environment`); ``saved`` is the environment as it was."""
     for key in LAUNCHER_VARIABLES:
         os.environ.pop(key, None)
     tp = options.tensor_parallel_size
@@ -60,11 +65,6 @@ def _engine_environment(options: EngineOptions) -> Iterator[None]:
         visible = saved.get("CUDA_VISIBLE_DEVICES")
         physical = visible.split(",")[index] if visible else str(index)
         os.environ["CUDA_VISIBLE_DEVICES"] = physical
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _memory_nodes() -> list[int]:
@@ -312,29 +312,28 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream})
         self._wake("kv_cache")
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def _update_by_file(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """CPU: one safetensors file in shared memory, in the engine dtype, which every worker reloads."""
         from safetensors.torch import save_file
 
-        start = time.perf_counter()
-        if self.in_process:
-            self._update_in_place(named_tensors)
-            self.llm.reset_prefix_cache()
-            self.last_sync_s = time.perf_counter() - start
-            return
-        if self.shares_gpu:
-            self._update_by_ipc(named_tensors)
-            self.llm.reset_prefix_cache()
-            self.last_sync_s = time.perf_counter() - start
-            return
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         fd, path = tempfile.mkstemp(prefix="rlvr-weights-", suffix=".safetensors", dir=shm)
         os.close(fd)
         try:
             save_file(_unshared_cpu_tensors(named_tensors, self.weight_dtype), path)
             self.llm.collective_rpc("rlvr_load_weights", args=(path,))
-            self.llm.reset_prefix_cache()
         finally:
             os.unlink(path)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        start = time.perf_counter()
+        if self.in_process:
+            self._update_in_place(named_tensors)
+        elif self.shares_gpu:
+            self._update_by_ipc(named_tensors)
+        else:
+            self._update_by_file(named_tensors)
+        self.llm.reset_prefix_cache()
         self.last_sync_s = time.perf_counter() - start
 
     def join_weight_group(self, info: GroupInfo) -> None:

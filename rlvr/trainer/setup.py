@@ -121,19 +121,16 @@ def make_engine(recipe: Recipe, accelerator: Accelerator, model_path: str, run_d
     r = recipe.rollout
     device = str(accelerator.device)
     options = engine_options(recipe, device, accelerator.process_index, accelerator.num_processes)
-    if r.mode == "colocated":
-        group = None
-        if options.external_launcher:  # every process makes every group, before the engines form theirs
-            from rlvr.rollout.group import tensor_parallel_groups
-
-            group = tensor_parallel_groups(accelerator.num_processes, options.tensor_parallel_size)
+    if r.mode == "colocated" and not options.external_launcher:
         with unpartitioned():
-            engine = ENGINES.get(r.engine)(model_path, options)
-        if group is not None:
-            from rlvr.rollout.group import GroupEngine
+            return ENGINES.get(r.engine)(model_path, options), options
+    if r.mode == "colocated":  # one engine per group of processes, a shard in each
+        from rlvr.rollout.group import GroupEngine, tensor_parallel_groups
 
-            engine = GroupEngine(engine, group)
-        return engine, options
+        # every process makes every group, before the engines form theirs
+        group = tensor_parallel_groups(accelerator.num_processes, options.tensor_parallel_size)
+        with unpartitioned():
+            return GroupEngine(ENGINES.get(r.engine)(model_path, options), group), options
 
     from rlvr.rollout.pool import ServerPool, server_gpus, start_servers
     from rlvr.trainer.distributed import from_main_process
