@@ -133,7 +133,7 @@ def test_zero3_training_run_checkpoints_resumes_and_saves_hf_model(tmp_path):
 def test_colocated_engine_sharded_over_the_training_processes(tmp_path):
     """rollout.tensor_parallel_size=2 with two training processes: one vLLM engine with a shard in each
     process (vLLM's external launcher: the layout of a colocated engine over GPUs). Two steps train, with
-    dynamic sampling's extra rounds (a process whose quota is full brings no prompts to them); the main
+    dynamic sampling's extra rounds, in which the first process, its quota full, brings no prompts; the main
     process evaluates while its group-mate follows; each process then gets greedy completions of its own
     prompts equal to transformers' on the trained weights, and again after a sync of perturbed weights."""
     out = tmp_path / "dump"
@@ -148,6 +148,7 @@ def test_colocated_engine_sharded_over_the_training_processes(tmp_path):
             "run.steps=2",
             f"run.output_dir={tmp_path / 'run'}",
             "algorithm.dynamic_sampling.enabled=true",
+            "rewards.verifiers=[{name: tests/fixtures/custom_verifier.py:varied_on_the_first_process}]",
             "eval.every=1",
             "eval.benchmarks=[arithmetic]",
             "eval.limit=4",
@@ -167,6 +168,10 @@ def test_colocated_engine_sharded_over_the_training_processes(tmp_path):
                 assert a[2] == pytest.approx(b[2], abs=1e-3)
         assert tokens(rank["after_sync"]) != tokens(rank["engine"])  # the sync reached both shards
     assert [len(r["engine"]) for r in ranks] == [3, 2]  # each process got its own share back
+    # process 0 filled its quota in round 1 and process 1 never does: rounds 2-4 ran with process 0 idle
+    for step in ranks[0]["steps"]:
+        assert step["dynamic_sampling/rounds"] == 4
+        assert step["dynamic_sampling/idle_process_rounds"] == 3
     assert "eval/arithmetic/pass@1" in ranks[0]["evaluation"] and ranks[1]["evaluation"] == {}
     for a, b in zip(ranks[0]["steps"], ranks[1]["steps"], strict=True):  # global metrics, alike
         assert {k: v for k, v in a.items() if k.startswith("reward/")} == {

@@ -164,6 +164,7 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
     curriculum: dict[str, float] = {}
     drawn: list[dict] = []  # the global batches of every round (the same on every process)
     zero_variance = 0
+    idle_rounds = 0  # rounds this process took part in with no rows (its quota was full)
     while True:
         if t.prefetch is not None:  # asynchronous: the step's one round was generated ahead
             batch, generated, failures, timer["reward_s"], timer["wait_s"] = t.prefetch.take(t.step)
@@ -176,6 +177,7 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
             # shared by a group of processes (rollout.tensor_parallel_size) runs their calls together
             seed = seed_for(recipe.run.seed, t.step, acc.process_index, rounds)
             rows = rows if len(kept) < quota else []
+            idle_rounds += not rows
             generated = generate_groups(t, rows, seed, t.step, greedy_baseline, timer, failures)
         rounds += 1
         zero_variance += sum(len(set(g.rewards)) <= 1 for g in generated)
@@ -206,7 +208,7 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
         if c.weight_version is not None
     ]  # weight syncs between sampling and this update
     counts = [len(dropped), filled, sum(baselines), len(baselines), zero_variance, generated_groups]
-    counts += [sum(behind), len(behind)]
+    counts += [sum(behind), len(behind), idle_rounds]
     totals = global_sums(acc, [float(c) for c in counts] + failures.vector())
     step_failures = failures.with_counts(totals[len(counts) :])
     _check_failures(t, failures, step_failures)
@@ -224,6 +226,7 @@ def collect(t, needs: Collection[str] = ()) -> tuple[list[Group], dict[str, floa
                 "dynamic_sampling/rounds": float(rounds),
                 "dynamic_sampling/dropped_groups": totals[0],
                 "dynamic_sampling/filled_groups": totals[1],
+                "dynamic_sampling/idle_process_rounds": totals[8],
             }
         )
     return kept, metrics
