@@ -156,6 +156,15 @@ class EngineOptions:
     """Passed to the engine's constructor as is (vLLM: ``LLM(**extra)``; hf: ``batch_size``)."""
 
 
+def engine_copy(tensor: torch.Tensor, dtype: torch.dtype | None, device=None) -> torch.Tensor:
+    """A detached copy of ``tensor`` for an engine (on ``device`` when given): floating-point tensors in
+    ``dtype``, the engine's (fewer bytes to move, nothing to convert on load; ``None`` keeps theirs), other
+    tensors as they are. A copy, because a weight stream's producer may free or reuse a tensor once the
+    next is asked for (a ZeRO-3 gather scope, :func:`rlvr.trainer.weights.policy_tensors`)."""
+    cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+    return tensor.detach().to(device=device, dtype=cast, copy=True)
+
+
 class RolloutEngine(Protocol):
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
         """``sampling.n`` completions for each prompt, prompt-major (prompt 0's samples first)."""

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from rlvr.rollout.base import engine_copy
+
 DEFAULT_BUCKET_BYTES = 256 << 20
 ALIGN = 16
 """Each tensor's bytes start at a multiple of this in a bucket's payload."""
@@ -107,8 +109,7 @@ def send_weights(
     tensors: list[torch.Tensor] = []
     size = sent = 0
     for name, tensor in named_tensors:
-        cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
-        tensor = tensor.detach().to(device, cast, copy=True)  # the producer may reuse its buffer
+        tensor = engine_copy(tensor, dtype, device)
         names.append(name)
         tensors.append(tensor)
         size += _padded(tensor.numel() * tensor.element_size())

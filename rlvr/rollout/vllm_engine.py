@@ -25,7 +25,14 @@ from pathlib import Path
 
 import torch
 
-from rlvr.rollout.base import ENGINES, LAUNCHER_VARIABLES, Completion, EngineOptions, SamplingConfig
+from rlvr.rollout.base import (
+    ENGINES,
+    LAUNCHER_VARIABLES,
+    Completion,
+    EngineOptions,
+    SamplingConfig,
+    engine_copy,
+)
 from rlvr.rollout.broadcast import DEFAULT_BUCKET_BYTES, GroupInfo
 
 WORKER_EXTENSION = "rlvr.rollout.vllm_worker.WeightSyncExtension"
@@ -113,14 +120,8 @@ def _unshared_cpu_tensors(
     named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
     """Contiguous CPU copies for safetensors (which refuses tensors sharing memory, as tied weights do),
-    cast to ``dtype`` (the engine's: fewer bytes to write, and nothing for the engine to convert on load).
-    Copies, because the producer may release a tensor once the next is asked for
-    (:func:`rlvr.trainer.weights.policy_tensors`)."""
-    out = {}
-    for name, tensor in named_tensors:
-        cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
-        out[name] = tensor.detach().to("cpu", cast, copy=True).contiguous()
-    return out
+    in the engine's ``dtype`` (:func:`~rlvr.rollout.base.engine_copy`)."""
+    return {name: engine_copy(tensor, dtype, "cpu").contiguous() for name, tensor in named_tensors}
 
 
 def llm_kwargs(model_path: str, options: EngineOptions) -> dict:
@@ -290,10 +291,7 @@ class VLLMEngine:
                 source=self._source,
             )
         device = torch.device("cuda", torch.cuda.current_device())
-        self._source.stream = (
-            (name, t.detach().to(device, self.weight_dtype if t.is_floating_point() else t.dtype))
-            for name, t in named_tensors
-        )
+        self._source.stream = ((name, engine_copy(t, self.weight_dtype, device)) for name, t in named_tensors)
         self._wake("weights")
         self._ipc.send_weights()
         self._wake("kv_cache")  # back for the next generation
@@ -303,11 +301,7 @@ class VLLMEngine:
         they stream, copied in the engine dtype where they are (a GPU's tensors stay on it; the producer
         may free its own once the next is asked for), and keeps its slice of each (vLLM's layer-wise
         in-place reload, which also re-packs CPU kernel formats)."""
-
-        def cast(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().to(dtype=self.weight_dtype if t.is_floating_point() else t.dtype, copy=True)
-
-        stream = ((name, cast(t)) for name, t in named_tensors)
+        stream = ((name, engine_copy(t, self.weight_dtype)) for name, t in named_tensors)
         self._wake("weights")
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream})
         self._wake("kv_cache")
