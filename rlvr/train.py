@@ -268,7 +268,7 @@ def run_step(t: Trainer) -> dict[str, float]:
 
     # 1-3. prompts -> completions -> rewards (dynamic sampling, reward shaping, fields collection provides)
     groups, collect_metrics = collect(t, t.requests)
-    t.engine.release_memory()  # a GPU engine sharing its device frees its KV cache for the update
+    t.engine.release_memory()  # a GPU engine sharing its device frees its KV cache and weights
     timer["rollout"] = time.perf_counter()
     if acc.is_main_process:
         _print_samples(t, groups)

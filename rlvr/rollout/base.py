@@ -146,8 +146,9 @@ class EngineOptions:
     (:class:`rlvr.rollout.group.GroupEngine`) and new weights load in place, with no file or IPC."""
     shares_gpu: bool = False
     """vLLM on GPU, colocated with a training process on the same GPU: new weights arrive by CUDA IPC in
-    bounded buffers (no file), and the engine sleeps during the update (its KV cache freed, weights
-    offloaded) and wakes for the weight load (vLLM's sleep mode)."""
+    bounded buffers (no file), and the engine sleeps during the update (vLLM's sleep mode, level 2: its
+    KV cache and weights are discarded, not copied out) and wakes for the weight load, which refills
+    every weight."""
     temperature_schedule: bool = False
     """vLLM: install the per-token temperature logits processor (:mod:`rlvr.rollout.vllm_ead`) so that
     ``SamplingConfig.temperature_schedule`` can be used. Off by default: an engine without it starts and

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import tempfile
 import time
@@ -198,6 +199,7 @@ class VLLMEngine:
         self.shares_gpu = options.shares_gpu
         self.in_process = options.external_launcher
         self.asleep: set[str] = set()  # what vLLM's sleep mode has released
+        self.weights_lost = False  # released at sleep level 2 and not loaded since
         self._ipc = None  # the CUDA IPC sender, made at the first update (shares_gpu)
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
@@ -234,7 +236,11 @@ class VLLMEngine:
                         extra_args=None if schedule is None else schedule.to_extra_args(),
                     )
                 )
-        self._wake()  # released but not updated since (an evaluation before any step)
+        if self.weights_lost:
+            raise RuntimeError(
+                "this vLLM engine released its weights for the update (sleep level 2) and has not "
+                "loaded new ones since: call update_weights before generating"
+            )
         outputs = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
         completions: list[list[Completion]] = [[] for _ in requests]
         for (r, i), out in zip(owner, outputs, strict=True):
@@ -254,18 +260,25 @@ class VLLMEngine:
 
     def release_memory(self) -> None:
         """GPU, sharing it with the trainer: sleep (KV cache and weights freed) until the next weight
-        update, which refills every weight."""
+        update, which refills every weight; generating before it is an error."""
         if self.shares_gpu and not self.asleep:
-            # level 2, vLLM's sleep for a weight update: nothing is copied to the CPU but the buffers
-            # (rotary caches), which waking the weights restores; level 1 would copy the whole model
-            # out and back every step only for the update to overwrite it
+            # level 2, vLLM's sleep for a weight update: the weights and the KV cache are discarded,
+            # and only the model's buffers (rotary caches and the like) are kept on the CPU for waking
+            # to restore; level 1 would copy the whole model out and back every step only for the
+            # update to overwrite it
             self.llm.sleep(level=2)
             self.asleep = {"weights", "kv_cache"}
+            self.weights_lost = True
 
     def _wake(self, *tags: str) -> None:
         """Reallocate ``tags`` (all when none are named) of a sleeping engine, each once."""
         wanted = [tag for tag in (tags or ("weights", "kv_cache")) if tag in self.asleep]
         if wanted:
+            # memory the trainer's allocator caches but no longer uses goes back to the GPU first: an
+            # engine in another process (CUDA IPC) cannot reach it, and vLLM's sleep-mode allocator
+            # maps its own memory beside torch's cache even in this process
+            gc.collect()
+            torch.cuda.empty_cache()
             self.llm.wake_up(wanted)
             self.asleep = self.asleep - set(wanted)
 
@@ -327,6 +340,7 @@ class VLLMEngine:
             self._update_by_ipc(named_tensors)
         else:
             self._update_by_file(named_tensors)
+        self.weights_lost = False
         self.llm.reset_prefix_cache()
         self.last_sync_s = time.perf_counter() - start
 
