@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import math
 import os
 import tempfile
 import time
@@ -159,6 +160,20 @@ def llm_kwargs(model_path: str, options: EngineOptions) -> dict:
     return kwargs
 
 
+def largest_tensor_numel(model_path: str) -> int | None:
+    """Elements in the largest tensor of the safetensors checkpoint in folder ``model_path``, read from
+    the files' headers (no tensor is loaded); None when the folder has no safetensors files (a hub id)."""
+    from safetensors import safe_open
+
+    largest = None
+    for file in sorted(Path(model_path).glob("*.safetensors")):
+        with safe_open(file, framework="pt") as checkpoint:
+            for name in checkpoint.keys():
+                numel = math.prod(checkpoint.get_slice(name).get_shape())
+                largest = numel if largest is None else max(largest, numel)
+    return largest
+
+
 def _stream_source():
     """A WeightSource (vLLM's trainer-side interface) over whatever stream is put in ``.stream`` before each
     ``send_weights`` (the packed IPC sender iterates it once and never reads ``metadata``)."""
@@ -189,6 +204,7 @@ class VLLMEngine:
             # engine carry only with this set (for this process and the engine's, for the engine's life)
             os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         self.temperature_schedule = options.temperature_schedule
+        self.model_path = model_path
         with _engine_environment(options):
             self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -284,7 +300,7 @@ class VLLMEngine:
 
     def _update_by_ipc(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """GPU, sharing it with the trainer: vLLM's CUDA IPC weight transfer, packed into one reusable
-        buffer of a bucket plus the largest tensor (the embedding), cast to the engine dtype on the GPU.
+        buffer of a bucket plus the checkpoint's largest tensor, cast to the engine dtype on the GPU.
         Every training process runs this for its own engine; vLLM's sender all-gathers the buffer
         handles over the trainer's process group and each engine's worker picks its own GPU's."""
         from vllm.distributed.weight_transfer.ipc_engine import (
@@ -293,9 +309,13 @@ class VLLMEngine:
         )
 
         if self._ipc is None:
-            model = self.llm.model_config  # the text model's sizes, also inside a multimodal config
-            mlp = getattr(model.hf_text_config, "intermediate_size", 0)
-            largest = max(model.get_vocab_size(), mlp) * model.get_hidden_size()
+            # the policy's tensors have the checkpoint's names and shapes (vLLM refuses a tensor larger
+            # than the buffer, naming it); without local files, the text model's largest dense matrix
+            largest = largest_tensor_numel(self.model_path)
+            if largest is None:
+                model = self.llm.model_config
+                mlp = getattr(model.hf_text_config, "intermediate_size", 0)
+                largest = max(model.get_vocab_size(), mlp) * model.get_hidden_size()
             buffer = DEFAULT_BUCKET_BYTES + largest * self.weight_dtype.itemsize
             self._source = _stream_source()
             self._ipc = IPCTrainerWeightTransferEngine.trainer_init(

@@ -286,3 +286,11 @@ def test_server_runs_requests_that_wait_together_as_one_engine_batch(engines, pr
     assert batches == [3]
     for answer, expected in zip(answers, alone, strict=True):
         assert [c["token_ids"] for c in answer["completions"]] == [c.token_ids for c in expected]
+
+
+def test_cuda_ipc_buffer_is_sized_from_the_checkpoint_headers(tiny_dir, tmp_path):
+    from rlvr.rollout.vllm_engine import largest_tensor_numel
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert largest_tensor_numel(str(tiny_dir)) == max(p.numel() for p in model.parameters())
+    assert largest_tensor_numel(str(tmp_path)) is None  # no local checkpoint: the engine's config decides
