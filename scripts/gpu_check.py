@@ -21,7 +21,8 @@ x those tokens per second against the peak.
 
 The model is SmolLM2-135M's shape (30 layers, hidden 576, 9 heads / 3 KV heads, MLP 1536, vocabulary
 49,152, tied embeddings) with seeded random weights, written from its config, so the check needs no model
-files; ``--size tiny`` uses the two-layer test model instead, and ``--model DIR`` a model folder (e.g.
+files; ``--size tiny`` uses the two-layer test model instead, ``--size qwen2.5-1.5b`` Qwen2.5-1.5B's
+shape (for timing a model that fills the GPU better), and ``--model DIR`` a model folder (e.g.
 the converted SmolLM2-135M-Instruct copied to the machine).
 """
 
@@ -47,6 +48,15 @@ SIZES = {
         intermediate_size=1536,
         vocab_size=49152,
         max_position_embeddings=2048,
+    ),
+    "qwen2.5-1.5b": dict(  # timing only: its float32 CPU reference would take long
+        hidden_size=1536,
+        num_layers=28,
+        num_heads=12,
+        num_kv_heads=2,
+        intermediate_size=8960,
+        vocab_size=151936,
+        max_position_embeddings=4096,
     ),
     "tiny": {},
 }
@@ -132,20 +142,21 @@ def update_with_gradient(trainer, batch) -> tuple[dict[str, float], dict[str, to
             metrics = trainer.update(trainer, batch)
         finally:
             del model.step
-    else:
-        optimizer_step = trainer.ctx.optimizer.step
+    else:  # the trainer clips with the accelerator just before the optimizer step: record there
+        acc = trainer.accelerator
+        clip = acc.clip_grad_norm_
 
-        def step(*args, **kwargs):
-            if not grads and trainer.accelerator.sync_gradients:
-                unwrapped = trainer.accelerator.unwrap_model(model)  # DDP's names without "module."
+        def clip_and_record(parameters, *args, **kwargs):
+            if not grads and acc.sync_gradients:
+                unwrapped = acc.unwrap_model(model)  # DDP's names without "module."
                 record((name, p.grad) for name, p in unwrapped.named_parameters() if p.grad is not None)
-            return optimizer_step(*args, **kwargs)
+            return clip(parameters, *args, **kwargs)
 
-        trainer.ctx.optimizer.step = step
+        acc.clip_grad_norm_ = clip_and_record
         try:
             metrics = trainer.update(trainer, batch)
         finally:
-            del trainer.ctx.optimizer.step
+            del acc.clip_grad_norm_
     return metrics, grads
 
 
@@ -233,6 +244,8 @@ def run(out: Path, size: str, model: str | None, timed: int, overrides: list[str
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - start)
         median = statistics.median(seconds)
+        if acc.device.type == "cuda":  # model, optimizer states, activations (before the matmul probe)
+            summary["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         achieved = 6 * params * tokens / median / 1e12
         peak_dtype = torch.bfloat16 if trainer.recipe.train.mixed_precision == "bf16" else torch.float32
         measured_peak = matmul_tflops(acc.device, peak_dtype)
@@ -250,6 +263,7 @@ def run(out: Path, size: str, model: str | None, timed: int, overrides: list[str
                 "mfu_vs_datasheet_bf16": achieved / datasheet if datasheet else None,
             }
         )
+
     if acc.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(json.dumps(summary, indent=1))
@@ -276,6 +290,7 @@ def compare(reference: Path, other: Path, tolerance: float) -> int:
         "grad_relative_l2_error": relative,
         "grad_cosine": cosine,
         "grad_norm_reference": float(ga.norm()),
+        "grad_norm_other": float(gb.norm()),
         "worst_parameter": worst,
         "tolerance": tolerance,
     }
@@ -299,7 +314,11 @@ def main() -> int:
     c.add_argument("reference", type=Path)
     c.add_argument("other", type=Path)
     c.add_argument("--tolerance", type=float, default=1e-3, help="largest relative gradient error")
-    args = ap.parse_args()
+    args, extra = ap.parse_known_args()  # overrides may also follow --timed N
+    if args.mode == "run" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.mode == "compare":
         return compare(args.reference, args.other, args.tolerance)
     args.out.mkdir(parents=True, exist_ok=True)
