@@ -138,8 +138,12 @@ def token_entropy(logits: torch.Tensor, log_z: torch.Tensor | None = None) -> to
 
 
 CHUNK_ELEMENTS = 1 << 19
-"""Logits handled at once by :class:`TokenStats`: about 2 MB in float32, so that the passes over a chunk
-(scale, logsumexp, log p, exp, sum) find it in cache."""
+"""Logits handled at once by :class:`TokenStats` on the CPU: about 2 MB in float32, so that the passes over a
+chunk (scale, logsumexp, log p, exp, sum) find it in cache."""
+GPU_CHUNK_ELEMENTS = 1 << 25
+"""The same on a GPU: 128 MB in float32 per temporary. Each chunk launches about ten kernels, so the CPU's
+chunk (10 positions of a 49k vocabulary) made the update wait on kernel launches (profiled on an H200:
+~270 chunks per micro-batch of 2,688 positions); this one is a few chunks per micro-batch."""
 
 
 class TokenStats(torch.autograd.Function):
@@ -187,7 +191,8 @@ class TokenStats(torch.autograd.Function):
 
 
 def _chunks(flat: torch.Tensor) -> list[slice]:
-    step = max(1, CHUNK_ELEMENTS // flat.shape[-1])
+    budget = CHUNK_ELEMENTS if flat.device.type == "cpu" else GPU_CHUNK_ELEMENTS
+    step = max(1, budget // flat.shape[-1])
     return [slice(start, start + step) for start in range(0, flat.shape[0], step)]
 
 
