@@ -45,3 +45,12 @@ def test_values_and_gradients_match_float32_formulas(monkeypatch, dtype, tempera
         grad.float(), expected_grad.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-4, atol=1e-5
     )
     assert grad.abs().sum() > 0
+
+
+def test_chunk_is_sized_for_the_device():
+    # the CPU's chunk fits a cache (10 positions of a 49,152 vocabulary); elsewhere (a GPU, here the meta
+    # device, which has shapes only) it is 2^25 logits, 682 positions: 2,688 positions make 4 chunks
+    cpu = logprobs_module._chunks(torch.empty(1).expand(2688, 49152))  # shape only, no memory
+    assert len(cpu) == 269 and cpu[0] == slice(0, 10) and cpu[-1] == slice(2680, 2690)
+    gpu = logprobs_module._chunks(torch.empty(2688, 49152, device="meta"))
+    assert gpu == [slice(0, 682), slice(682, 1364), slice(1364, 2046), slice(2046, 2728)]
