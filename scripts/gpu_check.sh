@@ -11,9 +11,13 @@
 # (result.pt, summary.json, compare.json) and OUT_DIR/gpu-bf16/summary.json (update tokens/s, MFU).
 # The timing runs even when the comparison fails; the script then exits 1.
 #
-# The wheels, made on a machine with network and the same Python (DeepSpeed is published as source only;
-# DS_BUILD_OPS=0 builds it without compiling its ops, which this check does not use):
-#   DS_BUILD_OPS=0 pip wheel --no-deps -w wheels deepspeed==0.19.8 hjson ninja py-cpuinfo msgpack einops
+# The wheels, made on a machine with network for the target's Python (DeepSpeed is published as source
+# only; DS_BUILD_OPS=0 builds it without compiling its ops, which this check does not use). On 2026-12-04 an
+# image with torch, transformers, accelerate and peft also lacked pydantic and hjson; this set sufficed:
+#   DS_BUILD_OPS=0 pip wheel --no-deps -w wheels deepspeed==0.19.8
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 -d wheels \
+#       hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu_check}
