@@ -340,6 +340,38 @@ def _smollm2_tokenizer():
     return tokenizer
 
 
+MODEL_SHAPES: dict[str, dict[str, int]] = {
+    "smollm2-135m": dict(
+        hidden_size=576,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        intermediate_size=1536,
+        vocab_size=49152,
+        max_position_embeddings=2048,
+    ),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+        intermediate_size=8192,
+        vocab_size=128256,
+    ),
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536,
+        num_layers=28,
+        num_heads=12,
+        num_kv_heads=2,
+        intermediate_size=8960,
+        vocab_size=151936,
+        max_position_embeddings=4096,
+    ),
+}
+"""Real models' shapes, as :func:`build_tiny_model` arguments: seeded weights of a real size, for the
+benchmarks and the GPU check, with no model files."""
+
+
 def build_tiny_model(
     out_dir: str | Path,
     *,

@@ -37,25 +37,12 @@ from transformers import AutoModelForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rlvr.models import build_tiny_model  # noqa: E402
+from rlvr.models import MODEL_SHAPES, build_tiny_model  # noqa: E402
 from rlvr.rollout import ENGINES, EngineOptions, SamplingConfig  # noqa: E402
 from rlvr.rollout.pool import ServerPool, start_servers  # noqa: E402
 from rlvr.trainer.weights import policy_state  # noqa: E402
 
-SIZES = {
-    "tiny": {},
-    "135m": dict(
-        hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, intermediate_size=1536, vocab_size=49152
-    ),
-    "1b": dict(
-        hidden_size=2048,
-        num_layers=16,
-        num_heads=32,
-        num_kv_heads=8,
-        intermediate_size=8192,
-        vocab_size=128256,
-    ),
-}
+SIZES = {"tiny": {}, "135m": MODEL_SHAPES["smollm2-135m"], "1b": MODEL_SHAPES["llama-3.2-1b"]}
 PROMPTS = [[1, 2, 3, 4, 5], [6, 7, 8]]
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=8)
 

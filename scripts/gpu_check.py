@@ -37,27 +37,13 @@ from pathlib import Path
 
 import torch
 
+from rlvr.models import MODEL_SHAPES
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes/tiny/grpo_tiny_say_digit.yaml"
 SIZES = {
-    "smollm2-135m": dict(
-        hidden_size=576,
-        num_layers=30,
-        num_heads=9,
-        num_kv_heads=3,
-        intermediate_size=1536,
-        vocab_size=49152,
-        max_position_embeddings=2048,
-    ),
-    "qwen2.5-1.5b": dict(  # timing only: its float32 CPU reference would take long
-        hidden_size=1536,
-        num_layers=28,
-        num_heads=12,
-        num_kv_heads=2,
-        intermediate_size=8960,
-        vocab_size=151936,
-        max_position_embeddings=4096,
-    ),
+    "smollm2-135m": MODEL_SHAPES["smollm2-135m"],
+    "qwen2.5-1.5b": MODEL_SHAPES["qwen2.5-1.5b"],  # timing only: its float32 CPU reference would take long
     "tiny": {},
 }
 PROMPT_TOKENS = 40
@@ -263,7 +249,6 @@ def run(out: Path, size: str, model: str | None, timed: int, overrides: list[str
                 "mfu_vs_datasheet_bf16": achieved / datasheet if datasheet else None,
             }
         )
-
     if acc.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(json.dumps(summary, indent=1))
