@@ -3,6 +3,7 @@
     rlvr train RECIPE.yaml [key=value ...] [--accelerate-config recipes/accelerate/zero2.yaml]
     rlvr eval MODEL --benchmarks gsm8k,math500 [--limit 50] [--n 4] [--k 1,2,4] [--out results/x]
     rlvr eval --compare RESULTS_A RESULTS_B
+    rlvr eval --compare A_SEED0,A_SEED1,A_SEED2 B_SEED0,B_SEED1,B_SEED2
     rlvr plot RUN_DIR [RUN_DIR ...] [--out DIR]
     rlvr rollout-server RECIPE.yaml [key=value ...] [--host 0.0.0.0] [--port 8100]
 
@@ -60,9 +61,18 @@ def _eval(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.compare:
-            from rlvr.eval.report import compare
+            from rlvr.eval.report import compare, compare_runs
 
-            text, _ = compare(args.compare[0], args.compare[1], confidence=args.confidence)
+            a, b = ([p for p in side.split(",") if p.strip()] for side in args.compare)
+            if len(a) == len(b) == 1:
+                text, _ = compare(a[0], b[0], confidence=args.confidence)
+            elif len(a) != len(b):
+                print(
+                    f"error: --compare pairs runs by position: A lists {len(a)}, B {len(b)}", file=sys.stderr
+                )
+                return 2
+            else:
+                text, _ = compare_runs(a, b, confidence=args.confidence)
             print(text)
             return 0
         if not args.model:
@@ -163,7 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         "model", nargs="?", help="model folder, run directory, checkpoints/step-N, alias or hub id"
     )
     ev.add_argument("--benchmarks", "-b", default="gsm8k", help="comma-separated names or spec files")
-    ev.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two results folders")
+    ev.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="compare two results folders, or two comma-separated lists of them paired by position "
+        "(one per training seed): adds the mean difference over the pairs with a t interval",
+    )
     ev.add_argument("--out", "-o", help="results folder (default: results/<model name>)")
     ev.add_argument("--limit", type=int, help="only the first N rows of each benchmark")
     ev.add_argument("--n", type=int, help="samples per problem (default: the spec's)")

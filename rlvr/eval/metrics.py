@@ -368,6 +368,40 @@ def paired_bootstrap_diff(
     return BootstrapDiff(float(diff.mean()), low, high, bool(low > 0.0 or high < 0.0))
 
 
+class MeanOverRuns(NamedTuple):
+    """Result of :func:`mean_over_runs`: the mean difference, its Student t interval, the runs' spread."""
+
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    sd: float
+    runs: int
+    significant: bool
+
+
+def mean_over_runs(diffs: Sequence[float] | np.ndarray, *, confidence: float = 0.95) -> MeanOverRuns:
+    """Mean of per-run differences (one ``B - A`` per pair of training runs, e.g. per seed) with a
+    Student t interval over the runs: ``mean +/- t_{(1 + confidence) / 2, r - 1} * sd / sqrt(r)``.
+
+    A paired bootstrap over problems (:func:`paired_bootstrap_diff`) only covers which problems the
+    benchmark drew; two training runs of one method already differ by more than that. Each run's
+    difference carries both noises, so the spread of the differences over runs, and this interval,
+    cover the training runs' noise too. Needs at least two runs; with few runs the interval is wide
+    (t has ``r - 1`` degrees of freedom), as it should be.
+    """
+    from scipy import stats
+
+    arr = _check_scores(diffs, "diffs")
+    if arr.size < 2:
+        raise ValueError(f"a mean over runs needs at least 2 runs, got {arr.size}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    mean, sd = float(arr.mean()), float(arr.std(ddof=1))
+    half = float(stats.t.ppf((1.0 + confidence) / 2.0, arr.size - 1)) * sd / np.sqrt(arr.size)
+    low, high = mean - half, mean + half
+    return MeanOverRuns(mean, low, high, sd, int(arr.size), bool(low > 0.0 or high < 0.0))
+
+
 # ------------------------------------------------------------------------------------------------ summary
 def _parse_metric(name: str) -> tuple[str, int | None]:
     if name == "avg@n":

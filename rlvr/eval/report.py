@@ -11,7 +11,9 @@ A results folder (``rlvr eval ... --out OUT``) holds::
     OUT/<benchmark>/pass_at_k.png
 
 :func:`compare` matches two folders' benchmarks and problems by id and reports, for every metric both can
-compute, A, B and B - A with a paired bootstrap interval over the shared problems.
+compute, A, B and B - A with a paired bootstrap interval over the shared problems. :func:`compare_runs`
+does that for several pairs of folders (one per training seed) and adds the mean B - A over the pairs
+with a Student t interval, which covers the training runs' own noise.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rlvr.eval.metrics import bootstrap_ci, metric_per_problem, paired_bootstrap_diff
+from rlvr.eval.metrics import bootstrap_ci, mean_over_runs, metric_per_problem, paired_bootstrap_diff
 
 logger = logging.getLogger(__name__)
 
@@ -286,9 +288,7 @@ def compare(
                 "b": {"value": float(sb.mean()), "ci_low": ci_b[0], "ci_high": ci_b[1]},
                 "diff": diff._asdict(),
             }
-            verdict = (
-                ("yes, B better" if diff.mean_diff > 0 else "yes, A better") if diff.significant else "no"
-            )
+            verdict = _verdict(diff.significant, diff.mean_diff)
             table.append(
                 f"| {name} | {metric} | {len(ids)} | {_cell(data[name][metric]['a'])} | "
                 f"{_cell(data[name][metric]['b'])} | {100 * diff.mean_diff:+.1f} "
@@ -302,6 +302,88 @@ def compare(
             notes.append(f"- {name}: only in B")
     lines += ["Scores in %; B - A with a paired bootstrap CI over the shared problems.", ""]
     lines += table
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines), data
+
+
+def _verdict(significant: bool, diff: float) -> str:
+    return ("yes, B better" if diff > 0 else "yes, A better") if significant else "no"
+
+
+def compare_runs(
+    a: list[str | Path],
+    b: list[str | Path],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[str, dict[str, Any]]:
+    """Compare pairs of results folders ``(a[i], b[i])``, e.g. method A and method B trained with seed i;
+    returns (printable text, data).
+
+    Each pair is compared as :func:`compare` does (a paired bootstrap over the problems). Then, for every
+    benchmark and metric all pairs share, the mean of the pairs' B - A with a Student t interval over the
+    pairs (:func:`rlvr.eval.metrics.mean_over_runs`): the question "is B better than A as a training
+    method", not "is this B checkpoint better than this A checkpoint". ``outside CI`` is judged on that
+    interval.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"pairs of runs: A lists {len(a)} results folders and B lists {len(b)}")
+    if len(a) < 2:
+        raise ValueError("a comparison over runs needs at least 2 pairs of results folders")
+    pairs, notes = [], []
+    for i, (x, y) in enumerate(zip(a, b, strict=True), 1):
+        text, pair = compare(x, y, confidence=confidence, resamples=resamples, seed=seed)
+        pairs.append(pair)
+        notes += [f"- pair {i}: {line[2:]}" for line in text.splitlines() if line.startswith("- ")]
+    pct = int(round(100 * confidence))
+    lines = [f"A: {', '.join(map(str, a))}", f"B: {', '.join(map(str, b))}", ""]
+    lines += [
+        f"Scores in %. Per pair: B - A with a paired bootstrap {pct}% CI over the shared problems (the "
+        "benchmark's noise only).",
+        f"Over pairs: the mean B - A with a Student t {pct}% CI over the {len(a)} pairs (it covers the "
+        "training runs' noise too).",
+        "",
+        f"| benchmark | metric | pair | problems | A | B | B - A [{pct}% CI] | outside CI |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    shared = [
+        (name, metric)
+        for name, metrics in pairs[0].items()
+        for metric in metrics
+        if all(metric in pair.get(name, {}) for pair in pairs)
+    ]
+    for name, metric in shared:
+        for i, pair in enumerate(pairs, 1):
+            entry = pair[name][metric]
+            diff = entry["diff"]
+            lines.append(
+                f"| {name} | {metric} | {i} | {entry['problems']} | {100 * entry['a']['value']:.1f} | "
+                f"{100 * entry['b']['value']:.1f} | {100 * diff['mean_diff']:+.1f} "
+                f"[{100 * diff['ci_low']:+.1f}, {100 * diff['ci_high']:+.1f}] | "
+                f"{_verdict(diff['significant'], diff['mean_diff'])} |"
+            )
+    lines += [
+        "",
+        f"| benchmark | metric | pairs | mean A | mean B | mean B - A [{pct}% CI] | sd of B - A "
+        "| outside CI |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    data: dict[str, Any] = {"pairs": pairs, "over_runs": {}}
+    for name, metric in shared:
+        entries = [pair[name][metric] for pair in pairs]
+        over = mean_over_runs([e["diff"]["mean_diff"] for e in entries], confidence=confidence)
+        mean_a = sum(e["a"]["value"] for e in entries) / len(entries)
+        mean_b = sum(e["b"]["value"] for e in entries) / len(entries)
+        data["over_runs"].setdefault(name, {})[metric] = {"a": mean_a, "b": mean_b, **over._asdict()}
+        lines.append(
+            f"| {name} | {metric} | {over.runs} | {100 * mean_a:.1f} | {100 * mean_b:.1f} | "
+            f"{100 * over.mean_diff:+.1f} [{100 * over.ci_low:+.1f}, {100 * over.ci_high:+.1f}] | "
+            f"{100 * over.sd:.1f} | {_verdict(over.significant, over.mean_diff)} |"
+        )
+    if not shared:
+        lines.append("(no benchmark and metric is shared by every pair)")
     if notes:
         lines += ["", *notes]
     return "\n".join(lines), data

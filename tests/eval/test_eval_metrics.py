@@ -18,6 +18,7 @@ from rlvr.eval.metrics import (
     bootstrap_ci,
     maj_at_k,
     maj_at_k_per_problem,
+    mean_over_runs,
     metric_per_problem,
     paired_bootstrap_diff,
     pass_at_k,
@@ -269,6 +270,31 @@ def test_bootstrap_errors() -> None:
         bootstrap_ci([0.5], confidence=1.0)
     with pytest.raises(ValueError, match="resamples"):
         bootstrap_ci([0.5], resamples=0)
+
+
+def test_mean_over_runs_by_hand() -> None:
+    # [1, 2, 3]: mean 2, sd 1, se 1 / sqrt(3); t_{0.975, 2} = 4.302653 -> 2 +- 2.484138
+    over = mean_over_runs([1.0, 2.0, 3.0])
+    assert over.mean_diff == 2.0 and over.sd == pytest.approx(1.0) and over.runs == 3
+    assert (over.ci_low, over.ci_high) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-6)
+    assert not over.significant
+    # two runs: t_{0.975, 1} = 12.706205, se = sqrt(2) / sqrt(2) = 1: each run's own certainty is not enough
+    over = mean_over_runs([1.0, 3.0])
+    assert (over.ci_low, over.ci_high) == pytest.approx((2 - 12.706205, 2 + 12.706205), abs=1e-6)
+    # 90%: t_{0.95, 2} = 2.919986
+    assert mean_over_runs([1.0, 2.0, 3.0], confidence=0.9).ci_high == pytest.approx(2 + 2.919986 / 3**0.5)
+    # runs that agree exactly: a zero-width interval, outside 0
+    over = mean_over_runs([0.25, 0.25, 0.25])
+    assert (over.ci_low, over.ci_high, over.significant) == (0.25, 0.25, True)
+
+
+def test_mean_over_runs_errors() -> None:
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        mean_over_runs([0.1])
+    with pytest.raises(ValueError, match="NaN"):
+        mean_over_runs([0.1, float("nan")])
+    with pytest.raises(ValueError, match="confidence"):
+        mean_over_runs([0.1, 0.2], confidence=0.0)
 
 
 def test_paired_diff_identical_is_zero() -> None:

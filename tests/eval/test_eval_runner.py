@@ -241,6 +241,43 @@ def test_compare_reports_paired_difference(tmp_path, tiny_tokenizer):
     assert not data["toy"]["avg@n"]["diff"]["significant"] and "| no |" in same
 
 
+def test_compare_runs_over_seeds(tmp_path, tiny_tokenizer):
+    """Two pairs of runs, each pair clearly apart (+50 and +33.3 points); over two pairs the t interval
+    (t_{0.975, 1} = 12.706) does not exclude 0."""
+    from rlvr.cli import main
+
+    rows = [{"q": f"What is {i} + 1?", "a": str(i + 1), "topic": "add"} for i in range(30)]
+    spec = load_spec(write_spec(tmp_path, rows))
+    problems = load_problems(spec, tiny_tokenizer)
+    wrong = {"a1": lambda i: i % 2 == 0, "a2": lambda i: i % 3 == 0, "b1": lambda i: False}
+    wrong["b2"] = wrong["b1"]
+    for name, is_wrong in wrong.items():
+        engine = ScriptedEngine(
+            problems, lambda ex, j, w=is_wrong: "\\boxed{0}" if w(int(ex["a"])) else right(ex, j)
+        )
+        summary = run(spec, problems, engine, out=tmp_path / name / "toy", ks=[1])
+        report.write_benchmark(tmp_path / name / "toy", summary)
+    a, b = [tmp_path / "a1", tmp_path / "a2"], [tmp_path / "b1", tmp_path / "b2"]
+    text, data = report.compare_runs(a, b)
+    assert [pair["toy"]["pass@1"]["diff"]["mean_diff"] for pair in data["pairs"]] == pytest.approx(
+        [0.5, 1 / 3]
+    )
+    assert all(pair["toy"]["pass@1"]["diff"]["significant"] for pair in data["pairs"])
+    over = data["over_runs"]["toy"]["pass@1"]
+    assert over["a"] == pytest.approx(7 / 12) and over["b"] == 1.0 and over["runs"] == 2
+    half = 12.706205 * (1 / 6) / 2**0.5 / 2**0.5  # sd = |0.5 - 1/3| / sqrt(2), se = sd / sqrt(2)
+    assert (over["ci_low"], over["ci_high"]) == pytest.approx((5 / 12 - half, 5 / 12 + half), abs=1e-6)
+    assert not over["significant"]
+    assert "| toy | pass@1 | 2 | 30 | 66.7 | 100.0 | +33.3 [" in text
+    assert "| toy | pass@1 | 2 | 58.3 | 100.0 | +41.7 [-64.2, +147.6] | 11.8 | no |" in text
+    # the command: comma-separated lists paired by position; unequal lists are an error
+    pairs = [",".join(map(str, side)) for side in (a, b)]
+    assert main(["eval", "--compare", *pairs]) == 0
+    assert main(["eval", "--compare", pairs[0], str(b[0])]) == 2
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        report.compare_runs(a[:1], b[:1])
+
+
 def test_evaluate_for_training_reuses_the_engine(tmp_path, tiny_tokenizer):
     spec = load_spec(write_spec(tmp_path))
     problems = load_problems(spec, tiny_tokenizer)
