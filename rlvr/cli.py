@@ -63,12 +63,13 @@ def _eval(args: argparse.Namespace) -> int:
         if args.compare:
             from rlvr.eval.report import compare, compare_runs
 
-            a, b = ([p for p in side.split(",") if p.strip()] for side in args.compare)
+            a, b = ([p.strip() for p in side.split(",") if p.strip()] for side in args.compare)
             if len(a) == len(b) == 1:
                 text, _ = compare(a[0], b[0], confidence=args.confidence)
-            elif len(a) != len(b):
+            elif len(a) != len(b) or not a:
                 print(
-                    f"error: --compare pairs runs by position: A lists {len(a)}, B {len(b)}", file=sys.stderr
+                    f"error: --compare pairs results folders by position: A lists {len(a)}, B {len(b)}",
+                    file=sys.stderr,
                 )
                 return 2
             else:

@@ -398,7 +398,7 @@ def mean_over_runs(diffs: Sequence[float] | np.ndarray, *, confidence: float = 0
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     mean, sd = float(arr.mean()), float(arr.std(ddof=1))
     half = float(stats.t.ppf((1.0 + confidence) / 2.0, arr.size - 1)) * sd / np.sqrt(arr.size)
-    low, high = mean - half, mean + half
+    low, high = float(mean - half), float(mean + half)
     return MeanOverRuns(mean, low, high, sd, int(arr.size), bool(low > 0.0 or high < 0.0))
 
 
