@@ -16,7 +16,8 @@ CASES = {
     ],
     # DGPO's question weights: a softmax over the batch's questions
     "dgpo": ["algorithm.advantage=dgpo"],
-    # group means, the batch's std (Lite PPO); truncated importance weights against the engine's log-probs
+    # group means, the batch's std (Lite PPO); truncated importance weights against the engine's log-probs,
+    # computed inside the update (one optimizer step per batch), their metrics on the whole batch after it
     "lite_ppo+tis": ["algorithm.advantage=lite_ppo", "algorithm.token_weights=[{name: tis}]"],
     # REINFORCE++: group means, then the mean and std over all tokens of the batch; the engine-mismatch mask
     "reinforce_pp+mismatch": [
@@ -93,6 +94,12 @@ def test_one_and_two_processes_agree_on_the_same_global_batch(tmp_path, case, co
     if one["token_weights"] is not None:  # a real selection: some tokens in, some out
         kept = one["token_weights"][one["response_mask"] != 0]
         assert 0 < kept.mean() < 1
+    # token-weight metrics are the whole batch's, before the update (forking, mismatch) or after it (TIS)
+    keys = [key for key in one["metrics"] if key.startswith("tokens/")]
+    assert bool(keys) == (one["token_weights"] is not None or case == "lite_ppo+tis")
+    for key in keys:
+        for rank in two:
+            assert rank["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-5, abs=1e-6), key
     # the gradient of the whole batch's loss, identical on both ranks and equal to one process's
     assert set(one["grads"]) == set(two[0]["grads"]) and one["grads"]
     for name, grad in one["grads"].items():

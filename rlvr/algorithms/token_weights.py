@@ -17,7 +17,10 @@ what they need from :class:`TokenWeightInputs`; hyper-parameters are keyword-onl
 a ``TypeError``. An entry that reads an optional field of :class:`TokenWeightInputs` declares it with
 :func:`rlvr.algorithms.utils.needs` (here: ``forking_tokens`` needs ``old_entropy``), so the trainer computes
 that field only when some configured entry declares it. For token weights the declared names are fields the
-trainer fills in :class:`TokenWeightInputs`, not keyword arguments.
+trainer fills in :class:`TokenWeightInputs`, not keyword arguments. An entry that only scales tokens, each
+response from its own fields, declares :func:`rlvr.algorithms.utils.row_scale` (here: ``tis``): when every
+configured entry does and the update takes one optimizer step per batch, the trainer computes them inside
+the update from its own log-probs, per micro-batch, and saves the no-grad pass that fills ``old_logprobs``.
 
 Registered entries (``r = exp(old_logprobs - engine_logprobs)``, the trainer/engine probability ratio of
 the sampled token, i.e. target policy over behaviour policy):
@@ -45,7 +48,7 @@ from typing import Any
 import torch
 
 from rlvr.algorithms.policy_losses import MAX_LOG_RATIO
-from rlvr.algorithms.utils import from_fields, masked_max, masked_mean, masked_min, needs
+from rlvr.algorithms.utils import from_fields, masked_max, masked_mean, masked_min, needs, row_scale
 from rlvr.registry import Registry
 
 __all__ = [
@@ -208,6 +211,7 @@ def forking_tokens(
 
 
 @TOKEN_WEIGHTS.register("tis")
+@row_scale
 def tis(
     inputs: TokenWeightInputs, *, cap: float = 2.0, level: str = "token"
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

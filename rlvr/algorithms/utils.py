@@ -30,6 +30,8 @@ __all__ = [
     "needs",
     "need_params_of",
     "needs_of",
+    "is_row_scale",
+    "row_scale",
     "safe_denominator",
     "zero_without_advantage",
 ]
@@ -119,6 +121,23 @@ def zero_without_advantage(fn: F) -> F:
 def is_zero_without_advantage(fn: Callable) -> bool:
     """Whether ``fn`` declared :func:`zero_without_advantage`."""
     return getattr(fn, "zero_without_advantage", False)
+
+
+def row_scale(fn: F) -> F:
+    """Declare that a token-weight entry only scales tokens, each response from its own fields: its weights
+    for a response depend on that response's entries of the inputs alone (no batch statistic), and are
+    never 0 on a trained token (it never removes one, so the loss's token and sequence counts do not
+    depend on it). When the update takes a single optimizer step per batch, the policy before the update
+    is the one the update runs, so ``old_logprobs`` are the update's own log-probs, detached: entries that
+    all declare this are then computed inside the update, per micro-batch, and the no-grad pass that would
+    fill ``old_logprobs`` beforehand is not run (TIS, :func:`rlvr.algorithms.token_weights.tis`)."""
+    fn.row_scale = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_row_scale(fn: Callable) -> bool:
+    """Whether ``fn`` declared :func:`row_scale`."""
+    return getattr(fn, "row_scale", False)
 
 
 def from_fields(cls: type[D], source: object, **overrides: object) -> D:

@@ -7,6 +7,8 @@ fixed points; the step and the update call every component's hooks in order and 
 * :meth:`Component.shape` the advantage inputs before the estimator runs (KL folded into the reward);
 * :meth:`Component.after_advantages`: what it derives from the advantages (critic returns, token weights);
 * :meth:`Component.token_loss`: a per-token term added to the policy loss (KL penalty, entropy bonus);
+* :meth:`Component.token_scale` / :meth:`Component.after_update`: per-token weights computed inside the
+  update from its own log-probs, and their metrics on the whole batch afterwards (TIS, on-policy);
 * :meth:`Component.aux_loss`: a loss of its own, added to the total (the critic's value loss);
 * :meth:`Component.report` / :meth:`Component.end_step`: metrics, then feedback from the step's global
   metrics (each controller names the measurement it reads) and periodic actions (ProRL's reference reset);
@@ -36,7 +38,7 @@ from rlvr.algorithms import (
     combine_token_weights,
     value_loss,
 )
-from rlvr.algorithms.utils import critic_targets_of, need_params_of, needs_of
+from rlvr.algorithms.utils import critic_targets_of, is_row_scale, need_params_of, needs_of
 from rlvr.config import Recipe
 from rlvr.types import RolloutBatch
 
@@ -76,6 +78,9 @@ class Component:
     every_row: bool = False
     """Whether its loss terms reach rows whose advantages are all 0 (a KL or entropy term, a critic's
     loss): the update then runs every row (see ``train.skip_zero_advantage``)."""
+    scales_in_update: bool = False
+    """Whether :meth:`token_scale` weights tokens: the update then records its own log-probs and calls
+    :meth:`after_update` with them."""
 
     def shape(self, inputs: AdvantageInputs, batch: RolloutBatch) -> tuple[AdvantageInputs, Metrics]:
         return inputs, {}
@@ -92,6 +97,16 @@ class Component:
         self, model: torch.nn.Module, micro: RolloutBatch, counts: Mapping[str, float]
     ) -> tuple[torch.Tensor | None, Metrics]:
         return None, {}
+
+    def token_scale(self, old_logprobs: torch.Tensor, micro: RolloutBatch) -> torch.Tensor | None:
+        """``[n, T]`` weights of the micro-batch's per-token loss, never 0 on a response token, from
+        ``old_logprobs`` (the update's own log-probs, detached, when nothing filled them before)."""
+        return None
+
+    def after_update(self, batch: RolloutBatch) -> Metrics:
+        """Metrics of :meth:`token_scale`'s weights: ``batch`` is the whole batch of all processes, its
+        ``old_logprobs`` those the update computed, its ``response_mask`` 0 on the rows it did not run."""
+        return {}
 
     def report(self) -> Metrics:
         return {}
@@ -269,18 +284,45 @@ class Critic(Component):
 
 class TokenWeighting(Component):
     """Token selection / reweighting (:data:`~rlvr.algorithms.TOKEN_WEIGHTS`): the product of the configured
-    entries' weights becomes ``batch.token_weights``; a weight of 0 removes the token from the loss."""
+    entries' weights becomes ``batch.token_weights``; a weight of 0 removes the token from the loss.
 
-    def __init__(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+    With ``single_step`` (one optimizer step per batch) and entries that all declare
+    :func:`~rlvr.algorithms.utils.row_scale` (TIS), the weights are computed inside the update instead, per
+    micro-batch, from the update's own log-probs (they are the policy's before the update), so no no-grad
+    pass fills ``old_logprobs`` for them; their metrics are then over the rows the update ran."""
+
+    def __init__(self, entries: list[tuple[str, dict[str, Any]]], single_step: bool = False) -> None:
         self.entries = entries
         fns = [(TOKEN_WEIGHTS.get(name), kwargs) for name, kwargs in entries]
+        self.scales_in_update = single_step and all(is_row_scale(fn) for fn, _ in fns)
         # old_logprobs is an input of the family's contract (TokenWeightInputs); the rest is declared
-        self.needs = merge_requests({"old_logprobs": {}}, *(requests_of(fn, kw) for fn, kw in fns))
+        own = {} if self.scales_in_update else {"old_logprobs": {}}
+        self.needs = merge_requests(own, *(requests_of(fn, kw) for fn, kw in fns))
 
     def after_advantages(self, batch: RolloutBatch, inputs: AdvantageInputs) -> Metrics:
+        if self.scales_in_update:
+            return {}
         weights, metrics = combine_token_weights(self.entries, TokenWeightInputs.from_batch(batch))
         batch.token_weights = weights  # [N, T]
         return {f"tokens/{key}": float(value) for key, value in metrics.items()}
+
+    def token_scale(self, old_logprobs: torch.Tensor, micro: RolloutBatch) -> torch.Tensor | None:
+        if not self.scales_in_update:
+            return None
+        inputs = TokenWeightInputs.from_batch(micro, old_logprobs=old_logprobs)
+        return combine_token_weights(self.entries, inputs)[0]  # [n, T]
+
+    def after_update(self, batch: RolloutBatch) -> Metrics:
+        if not self.scales_in_update:
+            return {}
+        _, metrics = combine_token_weights(self.entries, TokenWeightInputs.from_batch(batch))
+        return {f"tokens/{key}": float(value) for key, value in metrics.items()}
+
+
+def single_step(recipe: Recipe) -> bool:
+    """Whether the update takes one optimizer step per batch: the policy it runs is then the one before
+    the update (after the first of several steps it is not)."""
+    return recipe.train.epochs == 1 and recipe.train.num_mini_batches == 1
 
 
 def build_components(
@@ -323,5 +365,5 @@ def build_components(
     if algo.overlong.mask_truncated:
         entries.append(("overlong_mask", {}))
     if entries:
-        components.append(TokenWeighting(entries))
+        components.append(TokenWeighting(entries, single_step=single_step(recipe)))
     return components

@@ -12,6 +12,7 @@ of processes. Rows that add nothing to the gradient (all advantages 0 under a lo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,8 +25,8 @@ from rlvr.algorithms import aggregate
 from rlvr.algorithms.utils import is_zero_without_advantage, needs_of
 from rlvr.config import Recipe
 from rlvr.trainer.batch import micro_batch_rows, micro_batches
-from rlvr.trainer.components import Component, Requests
-from rlvr.trainer.distributed import global_max, global_sums
+from rlvr.trainer.components import Component, Requests, single_step
+from rlvr.trainer.distributed import global_max, global_sums, whole_batch
 from rlvr.trainer.logprobs import response_logprobs, shares_prompts
 from rlvr.types import RolloutBatch
 
@@ -90,8 +91,7 @@ def backward_and_step(ctx: UpdateContext, loss: torch.Tensor) -> torch.Tensor | 
 def update_needs(recipe: Recipe) -> Requests:
     """Batch fields the update itself reads: the behaviour log-probs when it takes several optimizer steps
     on one batch (after the first, the policy is no longer the one that sampled)."""
-    train = recipe.train
-    return {"old_logprobs": {}} if train.epochs > 1 or train.num_mini_batches > 1 else {}
+    return {} if single_step(recipe) else {"old_logprobs": {}}
 
 
 def group_permutation(group_index: torch.Tensor) -> torch.Tensor:
@@ -129,7 +129,9 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
     read (``old_logprobs`` when some plug-in needs them or the update is off-policy, else the current
     log-probs, detached, stand in: on-policy; ``ref_logprobs``, token weights, critic values and returns).
     Each micro-batch's per-token loss is the policy loss plus every component's token term, weighted by
-    the token weights and aggregated; each component's own loss (the critic's) is added to it.
+    the token weights and by the weights components compute from the micro-batch's own log-probs
+    (:meth:`~rlvr.trainer.components.Component.token_scale`), and aggregated; each component's own loss
+    (the critic's) is added to it.
     """
     recipe, acc = ctx.recipe, ctx.accelerator
     algo, train = recipe.algorithm, recipe.train
@@ -154,6 +156,11 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
     sums: dict[str, float] = defaultdict(float)
     weights: dict[str, float] = defaultdict(float)
     run_tokens = 0.0  # prompt + response tokens of the rows run, per pass over the batch
+    # weights computed inside the update (single step: the batch is one mini-batch, in order) need the
+    # update's own log-probs of the rows it runs, for their metrics on the whole batch afterwards
+    scalers = [component for component in ctx.components if component.scales_in_update]
+    own_logprobs = torch.zeros_like(batch.response_mask, dtype=torch.float32)  # [N, T]
+    ran_rows = torch.zeros(len(batch), dtype=torch.bool, device=batch.response_mask.device)  # [N]
     for _epoch in range(train.epochs):
         epoch_batch = batch
         if train.shuffle_mini_batches and (train.num_mini_batches > 1 or train.epochs > 1):
@@ -190,7 +197,9 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
             run_tokens += (
                 float(mini_batch.prompt_mask[ran].sum() + mini_batch.response_mask[ran].sum()) / train.epochs
             )
-            for index, micro in enumerate(micro_batches(mini_batch, chunks)):
+            for index, (rows, micro) in enumerate(
+                zip(chunks, micro_batches(mini_batch, chunks), strict=True)
+            ):
                 mask = micro.response_mask  # [n, T]
                 kept = loss_mask(micro)  # [n, T]
                 with accumulation_step(acc, ctx.model, last=index == count - 1):
@@ -215,6 +224,8 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                         metrics.update(term_metrics)
                     if micro.token_weights is not None:
                         per_token = per_token * micro.token_weights  # [n, T]
+                    for component in scalers:
+                        per_token = per_token * component.token_scale(old, micro)  # [n, T]
                     loss = aggregate(
                         per_token,
                         kept,
@@ -231,6 +242,9 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
                         metrics.update(extra_metrics)
                     grad_norm = backward_and_step(ctx, total * scale)
                 mini_loss += float(loss.detach())
+                if scalers:
+                    own_logprobs[rows, : old.shape[1]] = old.float()
+                    ran_rows[rows] = True
                 tokens = float(mask.sum())
                 metrics["actor/entropy"] = (entropy.detach() * mask).sum() / max(tokens, 1.0)
                 metrics["actor/engine_logprob_gap"] = (
@@ -253,4 +267,11 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
         key: totals[i] / totals[len(keys) + i] for i, key in enumerate(keys) if totals[len(keys) + i] > 0
     }
     metrics["perf/update_tokens_run"] = totals[-1]
+    if scalers:
+        ran = dataclasses.replace(
+            batch, old_logprobs=own_logprobs, response_mask=batch.response_mask * ran_rows[:, None]
+        )
+        whole, _ = whole_batch(acc, ran)
+        for component in scalers:
+            metrics.update(component.after_update(whole))
     return metrics

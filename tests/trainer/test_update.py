@@ -153,6 +153,66 @@ def test_token_weights_scale_tokens_and_zero_weights_leave_the_counts(tiny_dir, 
         torch.testing.assert_close(param.detach() - before[name], expected[name], atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("level", "micro", "idle"), [("token", 2, False), ("sequence", 8, False), ("token", 2, True)]
+)
+def test_tis_computed_inside_a_single_step_update_equals_tis_computed_before_it(tiny_dir, level, micro, idle):
+    """One optimizer step per batch: TIS's ``min(exp(old - engine), cap)`` is computed per micro-batch from
+    the update's own log-probs (no pass fills old_logprobs); the step is the gradient of the TIS-weighted
+    loss, and the metrics are those of the whole batch's weights, over the rows the update ran."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    tis = {"name": "tis", "kwargs": {"cap": 1.5, "level": level}}
+    recipe = Recipe.model_validate(
+        {"algorithm": {"token_weights": [tis]}, "rollout": {"max_tokens": 8}, "train": {"max_grad_norm": 1e9}}
+    )
+    algo = recipe.algorithm
+    advantage = (ADVANTAGES.get(algo.advantage), ADVANTAGES.bind(algo.advantage, algo.advantage_kwargs))
+    assert build_components(recipe, advantage)[-1].needs == {}  # nothing asks for the no-grad pass
+    several = recipe.model_copy(update={"train": recipe.train.model_copy(update={"epochs": 2})})
+    assert "old_logprobs" in build_components(several, advantage)[-1].needs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    batch = random_batch()
+    if idle:
+        batch.advantages[[1, 4, 5]] = 0.0  # rows the update skips
+    with torch.no_grad():
+        policy, _ = response_logprobs(model, batch)
+    g = torch.Generator().manual_seed(2)
+    batch.engine_logprobs = (policy + 0.4 * torch.randn(policy.shape, generator=g)) * batch.response_mask
+    lr = 0.5
+
+    reference = copy.deepcopy(model)
+    logprobs, _ = response_logprobs(reference, batch)
+    mask = batch.response_mask
+    log_ratio = (logprobs.detach() - batch.engine_logprobs) * mask  # [N, T]
+    if level == "sequence":
+        log_ratio = log_ratio.sum(-1, keepdim=True).expand_as(mask)
+    ratio = log_ratio.exp()
+    weights = ratio.clamp(max=1.5) * mask
+    assert 0 < ((ratio > 1.5) & (mask != 0)).sum() < mask.sum()  # some weights capped, not all
+    per_token, _ = ppo_clip_loss(logprobs, logprobs.detach(), batch.advantages, mask)
+    aggregate(per_token * weights, mask, "token-mean").backward()
+    expected = {n: -lr * p.grad for n, p in reference.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    model, metrics = sgd_update(model, recipe, batch, lr, micro)
+
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.detach() - before[name], expected[name], atol=1e-6, rtol=1e-4)
+    run = torch.ones(8, dtype=torch.bool)
+    if idle:
+        run[[1, 4, 5]] = False
+    tokens = (mask != 0) & run[:, None]  # [N, T]
+    units = tokens if level == "token" else run
+    unit_ratio = ratio if level == "token" else ratio[:, 0]
+    assert metrics["tokens/tis/ratio_mean"] == pytest.approx(float(unit_ratio[units].mean()), rel=1e-4)
+    assert metrics["tokens/tis/ratio_max"] == pytest.approx(float(unit_ratio[units].max()), rel=1e-4)
+    assert metrics["tokens/tis/ratio_min"] == pytest.approx(float(unit_ratio[units].min()), rel=1e-4)
+    assert metrics["tokens/tis/capped_frac"] == pytest.approx(float((unit_ratio[units] > 1.5).float().mean()))
+    assert metrics["tokens/weight_mean"] == pytest.approx(float(weights[tokens].mean()), rel=1e-4)
+
+
 def test_shared_prompt_forward_runs_each_prompt_once_with_the_full_forwards_values_and_gradient(tiny_dir):
     """Prefix Grouper's shared-prefix forward on the key/value cache: two distinct prompts (one left-padded)
     of 8 interleaved rows, one with an empty response, run as 2 prompt rows then 8 response rows; the
