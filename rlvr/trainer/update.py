@@ -159,6 +159,8 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
     # weights computed inside the update (single step: the batch is one mini-batch, in order) need the
     # update's own log-probs of the rows it runs, for their metrics on the whole batch afterwards
     scalers = [component for component in ctx.components if component.scales_in_update]
+    if scalers and not single_step(recipe):
+        raise ValueError("token weights computed inside the update need one optimizer step per batch")
     own_logprobs = torch.zeros_like(batch.response_mask, dtype=torch.float32)  # [N, T]
     ran_rows = torch.zeros(len(batch), dtype=torch.bool, device=batch.response_mask.device)  # [N]
     for _epoch in range(train.epochs):
