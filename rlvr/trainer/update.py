@@ -165,7 +165,7 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch) -> dict[str, float]:
     ran_rows = torch.zeros(len(batch), dtype=torch.bool, device=batch.response_mask.device)  # [N]
     for _epoch in range(train.epochs):
         epoch_batch = batch
-        if train.shuffle_mini_batches and (train.num_mini_batches > 1 or train.epochs > 1):
+        if train.shuffle_mini_batches and not single_step(recipe):
             epoch_batch = batch.select(group_permutation(batch.group_index))
         for start in range(0, len(batch), mini):
             mini_batch = epoch_batch.select(slice(start, start + mini))
