@@ -14,13 +14,16 @@ the per-token loss:
 
 Weights are 0 outside ``response_mask`` and are constants (no gradient flows through them). Entries read
 what they need from :class:`TokenWeightInputs`; hyper-parameters are keyword-only, so a typo in a recipe is
-a ``TypeError``. An entry that reads an optional field of :class:`TokenWeightInputs` declares it with
-:func:`rlvr.algorithms.utils.needs` (here: ``forking_tokens`` needs ``old_entropy``), so the trainer computes
-that field only when some configured entry declares it. For token weights the declared names are fields the
-trainer fills in :class:`TokenWeightInputs`, not keyword arguments. An entry that only scales tokens, each
-response from its own fields, declares :func:`rlvr.algorithms.utils.row_scale` (here: ``tis``): when every
-configured entry does and the update takes one optimizer step per batch, the trainer computes them inside
-the update from its own log-probs, per micro-batch, and saves the no-grad pass that fills ``old_logprobs``.
+a ``TypeError``. An entry that reads a field the trainer computes in a no-grad pass before the update
+(``old_logprobs``, ``old_entropy``) declares it with :func:`rlvr.algorithms.utils.needs` (here: ``tis`` and
+``mismatch_mask`` need ``old_logprobs``, ``forking_tokens`` needs ``old_entropy``), so the trainer runs that
+pass only when something declares a field it fills; an undeclared one may be None. For token weights the
+declared names are fields the trainer fills in :class:`TokenWeightInputs`, not keyword arguments. An entry
+that only scales tokens, each response from its own fields, declares
+:func:`rlvr.algorithms.utils.row_scale` (here: ``tis``): when the update takes one optimizer step per batch,
+the trainer computes such entries inside the update from its own log-probs, per micro-batch, and no pass
+runs for their ``old_logprobs``; the other entries (``overlong_mask`` reads no log-probs) are computed
+before the update as usual.
 
 Registered entries (``r = exp(old_logprobs - engine_logprobs)``, the trainer/engine probability ratio of
 the sampled token, i.e. target policy over behaviour policy):
@@ -78,7 +81,8 @@ class TokenWeightInputs:
     Attributes:
         response_mask: ``[N, T]`` bool or float, nonzero on response tokens that are trained on.
         old_logprobs: ``[N, T]`` log-probabilities of the sampled tokens under the trainer's policy before the
-            update (the target policy of the importance ratio).
+            update (the target policy of the importance ratio); None when no configured entry declared
+            ``@needs("old_logprobs")`` and nothing else asked for them.
         engine_logprobs: ``[N, T]`` log-probabilities of the same tokens reported by the rollout engine
             (the behaviour policy that actually sampled them).
         advantages: ``[N, T]`` advantages.
@@ -87,7 +91,7 @@ class TokenWeightInputs:
     """
 
     response_mask: torch.Tensor  # [N, T]
-    old_logprobs: torch.Tensor  # [N, T]
+    old_logprobs: torch.Tensor | None  # [N, T]
     engine_logprobs: torch.Tensor  # [N, T]
     advantages: torch.Tensor  # [N, T]
     truncated: torch.Tensor  # [N] bool
@@ -120,8 +124,10 @@ class TokenWeightInputs:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype of the weights: ``old_logprobs``' dtype, at least float32."""
-        return torch.promote_types(self.old_logprobs.dtype, torch.float32)
+        """The dtype of the weights: the log-probs' dtype (``old_logprobs``, else ``engine_logprobs``), at
+        least float32."""
+        logprobs = self.old_logprobs if self.old_logprobs is not None else self.engine_logprobs
+        return torch.promote_types(logprobs.dtype, torch.float32)
 
 
 def _check_level(level: str) -> None:
@@ -211,6 +217,7 @@ def forking_tokens(
 
 
 @TOKEN_WEIGHTS.register("tis")
+@needs("old_logprobs")
 @row_scale
 def tis(
     inputs: TokenWeightInputs, *, cap: float = 2.0, level: str = "token"
@@ -265,6 +272,7 @@ def tis(
 
 
 @TOKEN_WEIGHTS.register("mismatch_mask")
+@needs("old_logprobs")
 def mismatch_mask(
     inputs: TokenWeightInputs, *, low: float = 0.5, high: float = 2.0, level: str = "token"
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -374,7 +382,16 @@ def combine_token_weights(
             name, fn = getattr(entry, "__name__", type(entry).__name__), entry
         used[name] = used.get(name, 0) + 1
         prefix = name if used[name] == 1 else f"{name}_{used[name]}"
-        entry_weights, entry_metrics = fn(inputs, **dict(hparams))
+        try:
+            entry_weights, entry_metrics = fn(inputs, **dict(hparams))
+        except (AttributeError, TypeError) as error:
+            absent = [f for f in ("old_logprobs", "old_entropy") if getattr(inputs, f) is None]
+            if not absent:
+                raise
+            raise TypeError(
+                f"token weighting {name!r} failed ({error}); {' and '.join(absent)} were not computed for "
+                f"this batch: an entry that reads them declares @needs(...) (rlvr.algorithms.utils.needs)"
+            ) from error
         if tuple(entry_weights.shape) != tuple(valid.shape):
             raise ValueError(
                 f"token weighting {name!r} returned weights of shape {tuple(entry_weights.shape)}, "

@@ -129,8 +129,8 @@ def row_scale(fn: F) -> F:
     never 0 on a trained token (it never removes one, so the loss's token and sequence counts do not
     depend on it). When the update takes a single optimizer step per batch, the policy before the update
     is the one the update runs, so ``old_logprobs`` are the update's own log-probs, detached: entries that
-    all declare this are then computed inside the update, per micro-batch, and the no-grad pass that would
-    fill ``old_logprobs`` beforehand is not run (TIS, :func:`rlvr.algorithms.token_weights.tis`)."""
+    declare this are then computed inside the update, per micro-batch, and no no-grad pass runs
+    beforehand to fill their ``old_logprobs`` (TIS, :func:`rlvr.algorithms.token_weights.tis`)."""
     fn.row_scale = True  # type: ignore[attr-defined]
     return fn
 

@@ -38,7 +38,7 @@ from rlvr.algorithms import (
     combine_token_weights,
     value_loss,
 )
-from rlvr.algorithms.utils import critic_targets_of, is_row_scale, need_params_of, needs_of
+from rlvr.algorithms.utils import critic_targets_of, is_row_scale, masked_mean, need_params_of, needs_of
 from rlvr.config import Recipe
 from rlvr.types import RolloutBatch
 
@@ -284,38 +284,52 @@ class Critic(Component):
 
 class TokenWeighting(Component):
     """Token selection / reweighting (:data:`~rlvr.algorithms.TOKEN_WEIGHTS`): the product of the configured
-    entries' weights becomes ``batch.token_weights``; a weight of 0 removes the token from the loss.
+    entries' weights multiplies the per-token loss; a weight of 0 removes the token from the loss.
 
-    With ``single_step`` (one optimizer step per batch) and entries that all declare
-    :func:`~rlvr.algorithms.utils.row_scale` (TIS), the weights are computed inside the update instead, per
-    micro-batch, from the update's own log-probs (they are the policy's before the update), so no no-grad
-    pass fills ``old_logprobs`` for them; their metrics are then over the rows the update ran."""
+    Entries are computed on the whole batch before the update (``batch.token_weights``), except, when the
+    update takes one optimizer step per batch (``single_step``), those that declare
+    :func:`~rlvr.algorithms.utils.row_scale` (TIS): they are computed inside the update, per micro-batch,
+    from the update's own log-probs (the policy's before the update), so no no-grad pass runs to fill
+    ``old_logprobs`` for them. The metrics of entries computed before the update, and ``kept_frac``, are
+    over the whole batch; those of entries computed inside it, and ``weight_mean`` (of the product), over
+    the rows the update ran."""
 
     def __init__(self, entries: list[tuple[str, dict[str, Any]]], single_step: bool = False) -> None:
-        self.entries = entries
-        fns = [(TOKEN_WEIGHTS.get(name), kwargs) for name, kwargs in entries]
-        self.scales_in_update = single_step and all(is_row_scale(fn) for fn, _ in fns)
-        # old_logprobs is an input of the family's contract (TokenWeightInputs); the rest is declared
-        own = {} if self.scales_in_update else {"old_logprobs": {}}
-        self.needs = merge_requests(own, *(requests_of(fn, kw) for fn, kw in fns))
+        inside = [single_step and is_row_scale(TOKEN_WEIGHTS.get(name)) for name, _ in entries]
+        self.before = [entry for entry, late in zip(entries, inside, strict=True) if not late]
+        self.inside = [entry for entry, late in zip(entries, inside, strict=True) if late]
+        self.scales_in_update = bool(self.inside)
+        requests = [requests_of(TOKEN_WEIGHTS.get(name), kwargs) for name, kwargs in entries]
+        # an entry computed inside the update reads the update's own log-probs, not the pass's
+        requests = [
+            {field: params for field, params in request.items() if not (late and field == "old_logprobs")}
+            for request, late in zip(requests, inside, strict=True)
+        ]
+        self.needs = merge_requests(*requests)
 
     def after_advantages(self, batch: RolloutBatch, inputs: AdvantageInputs) -> Metrics:
-        if self.scales_in_update:
+        if not self.before:
             return {}
-        weights, metrics = combine_token_weights(self.entries, TokenWeightInputs.from_batch(batch))
+        weights, metrics = combine_token_weights(self.before, TokenWeightInputs.from_batch(batch))
         batch.token_weights = weights  # [N, T]
+        if self.inside:
+            del metrics["weight_mean"]  # of the product with the weights inside the update: after_update
         return {f"tokens/{key}": float(value) for key, value in metrics.items()}
 
     def token_scale(self, old_logprobs: torch.Tensor, micro: RolloutBatch) -> torch.Tensor | None:
-        if not self.scales_in_update:
+        if not self.inside:
             return None
         inputs = TokenWeightInputs.from_batch(micro, old_logprobs=old_logprobs)
-        return combine_token_weights(self.entries, inputs)[0]  # [n, T]
+        return combine_token_weights(self.inside, inputs)[0]  # [n, T]
 
     def after_update(self, batch: RolloutBatch) -> Metrics:
-        if not self.scales_in_update:
+        if not self.inside:
             return {}
-        _, metrics = combine_token_weights(self.entries, TokenWeightInputs.from_batch(batch))
+        scale, metrics = combine_token_weights(self.inside, TokenWeightInputs.from_batch(batch))
+        if self.before:
+            del metrics["kept_frac"]  # these entries remove no token: the whole batch's, after_advantages
+            weights = scale * batch.token_weights  # [N, T], 0 on the rows not run
+            metrics["weight_mean"] = masked_mean(weights, weights != 0)
         return {f"tokens/{key}": float(value) for key, value in metrics.items()}
 
 

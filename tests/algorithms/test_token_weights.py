@@ -61,7 +61,8 @@ def test_registered() -> None:
     assert TOKEN_WEIGHTS.get("mismatch_mask") is mismatch_mask
     assert TOKEN_WEIGHTS.get("overlong_mask") is overlong_mask
     assert needs_of(forking_tokens) == {"old_entropy"}
-    assert needs_of(tis) == frozenset()
+    assert needs_of(tis) == needs_of(mismatch_mask) == {"old_logprobs"}
+    assert needs_of(overlong_mask) == frozenset()
 
 
 def test_input_validation() -> None:
@@ -392,6 +393,24 @@ def test_combine_repeated_names_and_errors() -> None:
 
     with pytest.raises(ValueError, match="'bad'"):
         combine_token_weights([(bad, {})], inputs)
+
+
+def test_entries_run_without_the_fields_they_did_not_declare() -> None:
+    # overlong_mask reads no log-probs: without old_logprobs (no pass ran) its weights are float32 as usual
+    inputs = _inputs([2, 1], 2, truncated=[False, True])
+    inputs.old_logprobs = None
+    w, metrics = combine_token_weights([("overlong_mask", {})], inputs)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    torch.testing.assert_close(metrics["kept_frac"], torch.tensor(2 / 3))
+
+    # an entry that reads old_logprobs without declaring them gets an error that says so
+    def undeclared(inputs: TokenWeightInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return inputs.old_logprobs.exp(), {}
+
+    with pytest.raises(
+        TypeError, match=r"'undeclared'.*old_logprobs and old_entropy were not computed.*@needs"
+    ):
+        combine_token_weights([(undeclared, {})], inputs)
 
 
 def test_combine_zeroes_padding_of_custom_entries() -> None:

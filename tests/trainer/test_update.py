@@ -13,7 +13,7 @@ from rlvr.algorithms import ADVANTAGES, LOSS_AGGREGATIONS, aggregate, ppo_clip_l
 from rlvr.config import Recipe
 from rlvr.models import build_tiny_model
 from rlvr.trainer.batch import micro_batch_rows
-from rlvr.trainer.components import build_components
+from rlvr.trainer.components import TokenWeighting, build_components
 from rlvr.trainer.logprobs import last_logits, response_logprobs, shared_prompt_logits
 from rlvr.trainer.update import UpdateContext, micro_batches, policy_update
 from rlvr.types import RolloutBatch
@@ -154,28 +154,62 @@ def test_token_weights_scale_tokens_and_zero_weights_leave_the_counts(tiny_dir, 
 
 
 @pytest.mark.parametrize(
-    ("level", "micro", "idle"), [("token", 2, False), ("sequence", 8, False), ("token", 2, True)]
+    ("level", "micro", "idle", "overlong"),
+    [
+        ("token", 2, False, False),
+        ("sequence", 8, False, False),
+        ("token", 2, True, False),
+        ("token", 2, True, True),
+        ("sequence", 4, False, True),
+    ],
 )
-def test_tis_computed_inside_a_single_step_update_equals_tis_computed_before_it(tiny_dir, level, micro, idle):
+def test_tis_computed_inside_a_single_step_update_equals_tis_computed_before_it(
+    tiny_dir, level, micro, idle, overlong
+):
     """One optimizer step per batch: TIS's ``min(exp(old - engine), cap)`` is computed per micro-batch from
     the update's own log-probs (no pass fills old_logprobs); the step is the gradient of the TIS-weighted
-    loss, and the metrics are those of the whole batch's weights, over the rows the update ran."""
+    loss, and the metrics are those of the whole batch's weights, over the rows the update ran. Beside
+    ``overlong_mask`` (which reads no log-probs, computed before the update) no pass runs either, and the
+    step is that of the product of both weights (truncated rows are left out of the update, or, when
+    ``skip_zero_advantage`` is off, run with weight 0)."""
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     tis = {"name": "tis", "kwargs": {"cap": 1.5, "level": level}}
+    entries = [{"name": "overlong_mask"}, tis] if overlong else [tis]
     recipe = Recipe.model_validate(
-        {"algorithm": {"token_weights": [tis]}, "rollout": {"max_tokens": 8}, "train": {"max_grad_norm": 1e9}}
+        {
+            "algorithm": {"token_weights": entries},
+            "rollout": {"max_tokens": 8},
+            "train": {"max_grad_norm": 1e9, "skip_zero_advantage": idle},
+        }
     )
     algo = recipe.algorithm
     advantage = (ADVANTAGES.get(algo.advantage), ADVANTAGES.bind(algo.advantage, algo.advantage_kwargs))
-    assert build_components(recipe, advantage)[-1].needs == {}  # nothing asks for the no-grad pass
-    several = recipe.model_copy(update={"train": recipe.train.model_copy(update={"epochs": 2})})
-    assert "old_logprobs" in build_components(several, advantage)[-1].needs
+
+    def weighting_of(weights: list[dict], **train) -> TokenWeighting:
+        other = Recipe.model_validate({"algorithm": {"token_weights": weights}, "train": train})
+        return build_components(other, advantage)[-1]
+
+    weighting = build_components(recipe, advantage)[-1]
+    assert weighting.needs == {}  # nothing asks for the no-grad pass
+    assert "old_logprobs" in weighting_of(entries, epochs=2).needs  # TIS is computed before the update
+    assert "old_logprobs" in weighting_of([*entries, {"name": "mismatch_mask"}]).needs  # it reads them
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     batch = random_batch()
     if idle:
         batch.advantages[[1, 4, 5]] = 0.0  # rows the update skips
+    mask = batch.response_mask
+    keep = torch.ones(8)
+    if overlong:
+        batch.truncated[[2, 6]] = True  # dropped by overlong_mask (and skipped by the update if idle)
+        keep[[2, 6]] = 0.0
+        before_metrics = weighting.after_advantages(batch, None)  # the whole batch, before the update
+        assert before_metrics == {
+            "tokens/overlong_mask/masked_frac": pytest.approx(2 / 8),
+            "tokens/kept_frac": pytest.approx(float((mask * keep[:, None]).sum() / mask.sum())),
+        }
+        torch.testing.assert_close(batch.token_weights, mask * keep[:, None])
     with torch.no_grad():
         policy, _ = response_logprobs(model, batch)
     g = torch.Generator().manual_seed(2)
@@ -184,15 +218,15 @@ def test_tis_computed_inside_a_single_step_update_equals_tis_computed_before_it(
 
     reference = copy.deepcopy(model)
     logprobs, _ = response_logprobs(reference, batch)
-    mask = batch.response_mask
     log_ratio = (logprobs.detach() - batch.engine_logprobs) * mask  # [N, T]
     if level == "sequence":
         log_ratio = log_ratio.sum(-1, keepdim=True).expand_as(mask)
     ratio = log_ratio.exp()
-    weights = ratio.clamp(max=1.5) * mask
+    weights = ratio.clamp(max=1.5) * mask * keep[:, None]
     assert 0 < ((ratio > 1.5) & (mask != 0)).sum() < mask.sum()  # some weights capped, not all
-    per_token, _ = ppo_clip_loss(logprobs, logprobs.detach(), batch.advantages, mask)
-    aggregate(per_token * weights, mask, "token-mean").backward()
+    kept = mask * keep[:, None]
+    per_token, _ = ppo_clip_loss(logprobs, logprobs.detach(), batch.advantages, kept)
+    aggregate(per_token * weights, kept, "token-mean").backward()
     expected = {n: -lr * p.grad for n, p in reference.named_parameters()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -203,6 +237,8 @@ def test_tis_computed_inside_a_single_step_update_equals_tis_computed_before_it(
     run = torch.ones(8, dtype=torch.bool)
     if idle:
         run[[1, 4, 5]] = False
+        run &= keep.bool()
+    assert metrics["perf/skipped_rows_frac"] == pytest.approx(1 - float(run.float().mean()))
     tokens = (mask != 0) & run[:, None]  # [N, T]
     units = tokens if level == "token" else run
     unit_ratio = ratio if level == "token" else ratio[:, 0]
@@ -210,7 +246,11 @@ def test_tis_computed_inside_a_single_step_update_equals_tis_computed_before_it(
     assert metrics["tokens/tis/ratio_max"] == pytest.approx(float(unit_ratio[units].max()), rel=1e-4)
     assert metrics["tokens/tis/ratio_min"] == pytest.approx(float(unit_ratio[units].min()), rel=1e-4)
     assert metrics["tokens/tis/capped_frac"] == pytest.approx(float((unit_ratio[units] > 1.5).float().mean()))
-    assert metrics["tokens/weight_mean"] == pytest.approx(float(weights[tokens].mean()), rel=1e-4)
+    assert metrics["tokens/weight_mean"] == pytest.approx(
+        float(weights[tokens & (kept != 0)].mean()), rel=1e-4
+    )
+    # kept_frac is the whole batch's, reported before the update, when a weight before it removes tokens
+    assert metrics.get("tokens/kept_frac") == (None if overlong else 1.0)
 
 
 def test_shared_prompt_forward_runs_each_prompt_once_with_the_full_forwards_values_and_gradient(tiny_dir):
