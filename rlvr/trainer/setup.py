@@ -97,17 +97,18 @@ def engine_options(
     dtype = r.dtype or recipe.model.dtype
     if dtype == "auto":  # vLLM would read "auto" as the checkpoint's dtype, which is not rlvr's auto
         raise ValueError("rollout.dtype auto: call resolve_auto_precision on this machine first")
+    shares_gpu = device.startswith("cuda") and r.mode == "colocated"
     return EngineOptions(
         dtype=dtype,
         max_model_len=r.max_model_len or recipe.data.max_prompt_tokens + r.max_tokens,
         seed=recipe.run.seed + (process_index // tp if in_trainers else process_index),
-        gpu_memory_utilization=r.gpu_memory_utilization,
+        gpu_memory_utilization=r.gpu_memory_utilization or (0.3 if shares_gpu else 0.9),
         kv_cache_gb=r.kv_cache_gb,
         enforce_eager=r.enforce_eager,
         device=device,
         temperature_schedule=r.ead is not None,
         tensor_parallel_size=tp,
-        shares_gpu=device.startswith("cuda") and r.mode == "colocated",
+        shares_gpu=shares_gpu,
         external_launcher=in_trainers,
     )
 

@@ -1,6 +1,7 @@
 """Rollout servers: bucketed weight broadcast over gloo, a real vLLM server against transformers, load
 balancing that keeps seeded results, and a dead server as a named error rather than a hang."""
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -64,6 +65,57 @@ def test_broadcast_round_trip_in_bounded_buckets():
     assert sent == 64 * 16 * 2 + rest
     # the 2 KiB embedding closes the first bucket alone; the rest (~0.4 KiB) is the second
     assert sorted(size for _, size in buffers) == [rest, 64 * 16 * 2]
+
+
+def test_server_worker_finishes_a_sync_whose_load_failed_and_releases_the_last_runs_group(monkeypatch):
+    """The worker half of the broadcast (vLLM's worker with the extension mixed in): a load that fails
+    part-way still receives the rest of the sync, so the trainer's send returns and the next sync works;
+    joining the next run's group releases the last one."""
+    from rlvr.rollout import broadcast
+    from rlvr.rollout.vllm_worker import WeightSyncExtension
+
+    class Worker(WeightSyncExtension):  # what vLLM's worker provides: rank, device, reload_weights
+        rank, device = 0, torch.device("cpu")
+        fail = True
+        loaded: list[str] = []
+
+        def reload_weights(self, weights_iterator) -> None:
+            for name, _ in weights_iterator:
+                if self.fail:
+                    raise ValueError(f"no parameter named {name}")  # a name vLLM's model does not have
+                self.loaded.append(name)
+
+    closed = []
+    monkeypatch.setattr(broadcast, "close_group", closed.append)
+    tensors = [(f"layers.{i}.w", torch.randn(16, 16)) for i in range(4)]  # 1 KiB each: 4 buckets
+    worker = Worker()
+
+    def sync(fail: bool) -> BaseException | None:
+        info = GroupInfo(address="127.0.0.1", port=free_port(), world_size=2, rank_offset=1, timeout_s=30)
+        errors = []
+
+        def receive() -> None:
+            try:
+                worker.rlvr_join_weight_group(dataclasses.asdict(info))
+                worker.fail = fail
+                worker.rlvr_receive_weights()
+            except ValueError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=receive)
+        thread.start()
+        send_weights(open_group(info, 0), iter(tensors), bucket_bytes=1024)  # returns: nothing hangs
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        return errors[0] if errors else None
+
+    error = sync(fail=True)
+    assert isinstance(error, ValueError) and "layers.0.w" in str(error)
+    first = worker.rlvr_weight_group
+    assert closed == [] and worker.loaded == []
+    assert sync(fail=False) is None  # the next run: a new group, the last one released
+    assert closed == [first] and worker.rlvr_weight_group is not first
+    assert worker.loaded == [name for name, _ in tensors]
 
 
 def test_layer_groups_keep_each_decoder_layer_together():

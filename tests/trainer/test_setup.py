@@ -94,6 +94,11 @@ def test_engine_options_share_the_gpu_when_colocated_and_shard_over_training_pro
     assert not engine_options(served, "cuda:0", 0, 2).external_launcher  # servers shard on their own
     assert engine_options(served, "cuda:0").shares_gpu is False
     assert engine_options(served, "cuda:0").tensor_parallel_size == 2
+    # GPU memory: a colocated engine leaves most to the trainer, a server's GPUs are its own
+    assert engine_options(colocated, "cuda:0").gpu_memory_utilization == 0.3
+    assert engine_options(served, "cuda:0").gpu_memory_utilization == 0.9
+    chosen = load_recipe(recipe_file, ["rollout.mode=server", "rollout.gpu_memory_utilization=0.5"])
+    assert engine_options(chosen, "cuda:0").gpu_memory_utilization == 0.5
 
 
 def test_asynchronous_training_without_a_lag_correction_is_warned_about():
