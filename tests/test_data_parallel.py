@@ -27,10 +27,12 @@ CASES = {
     # a token budget: each process deals its rows into as many micro-batches as the busiest one needs
     "batch_norm+budget": ["algorithm.advantage=batch_norm", "train.max_tokens_per_micro_batch=150"],
     # rows without a trained token (truncated, masked) are skipped: the processes skip different numbers
-    # of rows and still run the same number of micro-batches
+    # of rows and still run the same number of micro-batches; TIS beside the mask is computed inside the
+    # update, the mask before it, and the loss weighs tokens by their product
     "batch_norm+skipped": [
         "algorithm.advantage=batch_norm",
         "algorithm.overlong.mask_truncated=true",
+        "algorithm.token_weights=[{name: tis}]",
         "train.micro_batch_size=2",
     ],
 }

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from rlvr.algorithms.policy_losses import MAX_LOG_RATIO
-from rlvr.algorithms.utils import from_fields, masked_max, masked_mean, masked_min, needs, row_scale
+from rlvr.algorithms.utils import from_fields, masked_max, masked_mean, masked_min, needs, needs_of, row_scale
 from rlvr.registry import Registry
 
 __all__ = [
@@ -385,12 +385,14 @@ def combine_token_weights(
         try:
             entry_weights, entry_metrics = fn(inputs, **dict(hparams))
         except (AttributeError, TypeError) as error:
-            absent = [f for f in ("old_logprobs", "old_entropy") if getattr(inputs, f) is None]
-            if not absent:
+            # a field the pass fills but the entry did not declare, read as None
+            undeclared = [f for f in ("old_logprobs", "old_entropy") if getattr(inputs, f) is None]
+            undeclared = [f for f in undeclared if f not in needs_of(fn)]
+            if not undeclared or "NoneType" not in str(error):
                 raise
             raise TypeError(
-                f"token weighting {name!r} failed ({error}); {' and '.join(absent)} were not computed for "
-                f"this batch: an entry that reads them declares @needs(...) (rlvr.algorithms.utils.needs)"
+                f"token weighting {name!r} failed ({error}); {' and '.join(undeclared)} were not computed "
+                f"for this batch: an entry that reads them declares @needs(...) (rlvr.algorithms.utils.needs)"
             ) from error
         if tuple(entry_weights.shape) != tuple(valid.shape):
             raise ValueError(

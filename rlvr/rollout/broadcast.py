@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +64,28 @@ def open_group(info: GroupInfo, rank: int) -> dist.ProcessGroup:
     else:
         raise ValueError(f"weight group backend must be gloo or nccl, got {info.backend!r}")
     return group
+
+
+def receive_into(
+    load: Callable[[Iterator[tuple[str, torch.Tensor]]], None],
+    group: dist.ProcessGroup,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Receive one sync (:func:`receive_weights`) and hand its tensors to ``load`` as they arrive. Should
+    ``load`` fail part-way (a name the engine's model lacks), the rest of the sync is still received, so
+    the sender and the other receivers finish it and the load's error reaches the trainer, not a hang."""
+    stream = receive_weights(group, device)
+    try:
+        load(stream)
+    except BaseException:
+        try:
+            for _ in stream:
+                pass
+        except Exception:  # the group failed as well: the load's error is the one to report
+            pass
+        raise
+    for _ in stream:  # the end marker, should the loader stop before it
+        pass
 
 
 def close_group(group: dist.ProcessGroup) -> None:

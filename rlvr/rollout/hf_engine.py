@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from rlvr.rollout.base import ENGINES, Completion, EngineOptions, SamplingConfig
-from rlvr.rollout.broadcast import GroupInfo, open_group, receive_weights
+from rlvr.rollout.broadcast import GroupInfo, close_group, open_group, receive_into
 from rlvr.rollout.ead import EADSchedule
 
 
@@ -145,12 +145,16 @@ class HFEngine:
     """Processes that receive broadcast weights: this one."""
 
     def join_weight_group(self, info: GroupInfo) -> None:
-        """Server side: join the trainer's weight group (:mod:`rlvr.rollout.broadcast`)."""
+        """Server side: join the trainer's weight group (:mod:`rlvr.rollout.broadcast`), releasing the
+        last run's."""
+        previous, self.weight_group = getattr(self, "weight_group", None), None
+        if previous is not None:
+            close_group(previous)
         self.weight_group = open_group(info, info.rank_offset)
 
     def receive_weights(self) -> None:
         """Server side: copy one broadcast sync into the model as its buckets arrive."""
-        self.update_weights(receive_weights(self.weight_group, self.model.device))
+        receive_into(self.update_weights, self.weight_group, self.model.device)
 
     def release_memory(self) -> None:
         """Nothing to free: transformers allocates its cache per ``generate`` call."""

@@ -24,6 +24,7 @@ class WeightSyncExtension:
 
         previous = getattr(self, "rlvr_weight_group", None)
         if previous is not None:
+            self.rlvr_weight_group = None  # never the aborted group, should the new one fail to form
             broadcast.close_group(previous)
         self.rlvr_weight_group = broadcast.open_group(
             broadcast.GroupInfo(**info), info["rank_offset"] + self.rank
@@ -34,11 +35,8 @@ class WeightSyncExtension:
         which re-applies the kernel-format packing). Should the load fail, the rest of the sync is still
         received, so the trainer and the other receivers finish it and the error reaches the trainer
         instead of a hang."""
-        from rlvr.rollout.broadcast import receive_weights
+        from rlvr.rollout.broadcast import receive_into
 
-        stream = receive_weights(self.rlvr_weight_group, self.device)
-        try:
-            self.reload_weights(weights_iterator=stream)
-        finally:
-            for _ in stream:  # the end marker if the loader stopped before it; everything if it failed
-                pass
+        receive_into(
+            lambda stream: self.reload_weights(weights_iterator=stream), self.rlvr_weight_group, self.device
+        )

@@ -411,6 +411,10 @@ def test_entries_run_without_the_fields_they_did_not_declare() -> None:
         TypeError, match=r"'undeclared'.*old_logprobs and old_entropy were not computed.*@needs"
     ):
         combine_token_weights([(undeclared, {})], inputs)
+    # other errors are left as they are: a hyperparameter the entry does not take
+    with pytest.raises(TypeError, match="unexpected keyword argument 'clip'") as error:
+        combine_token_weights([("overlong_mask", {"clip": 2.0})], inputs)
+    assert "were not computed" not in str(error.value)
 
 
 def test_combine_zeroes_padding_of_custom_entries() -> None:

@@ -85,8 +85,8 @@ def test_server_worker_finishes_a_sync_whose_load_failed_and_releases_the_last_r
                     raise ValueError(f"no parameter named {name}")  # a name vLLM's model does not have
                 self.loaded.append(name)
 
-    closed = []
-    monkeypatch.setattr(broadcast, "close_group", closed.append)
+    closed, close = [], broadcast.close_group
+    monkeypatch.setattr(broadcast, "close_group", lambda group: (closed.append(group), close(group)))
     tensors = [(f"layers.{i}.w", torch.randn(16, 16)) for i in range(4)]  # 1 KiB each: 4 buckets
     worker = Worker()
 
