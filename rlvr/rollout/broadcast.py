@@ -17,6 +17,8 @@ tensor)``.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import datetime
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -78,14 +80,10 @@ def receive_into(
     try:
         load(stream)
     except BaseException:
-        try:
-            for _ in stream:
-                pass
-        except Exception:  # the group failed as well: the load's error is the one to report
-            pass
+        with contextlib.suppress(Exception):  # should the group fail too, the load's error is reported
+            collections.deque(stream, maxlen=0)
         raise
-    for _ in stream:  # the end marker, should the loader stop before it
-        pass
+    collections.deque(stream, maxlen=0)  # the end marker, should the loader stop before it
 
 
 def close_group(group: dist.ProcessGroup) -> None:

@@ -295,16 +295,17 @@ class TokenWeighting(Component):
     the rows the update ran."""
 
     def __init__(self, entries: list[tuple[str, dict[str, Any]]], single_step: bool = False) -> None:
-        inside = [single_step and is_row_scale(TOKEN_WEIGHTS.get(name)) for name, _ in entries]
+        fns = [TOKEN_WEIGHTS.get(name) for name, _ in entries]
+        inside = [single_step and is_row_scale(fn) for fn in fns]
         self.before = [entry for entry, late in zip(entries, inside, strict=True) if not late]
         self.inside = [entry for entry, late in zip(entries, inside, strict=True) if late]
         self.scales_in_update = bool(self.inside)
-        requests = [requests_of(TOKEN_WEIGHTS.get(name), kwargs) for name, kwargs in entries]
-        # an entry computed inside the update reads the update's own log-probs, not the pass's
-        requests = [
-            {field: params for field, params in request.items() if not (late and field == "old_logprobs")}
-            for request, late in zip(requests, inside, strict=True)
-        ]
+        requests = []
+        for fn, (_, kwargs), late in zip(fns, entries, inside, strict=True):
+            request = requests_of(fn, kwargs)
+            if late:  # it reads the update's own log-probs, not the pass's
+                request.pop("old_logprobs", None)
+            requests.append(request)
         self.needs = merge_requests(*requests)
 
     def after_advantages(self, batch: RolloutBatch, inputs: AdvantageInputs) -> Metrics:
